@@ -1,0 +1,38 @@
+//! The client protocol: one grammar, two encodings.
+//!
+//! A text session speaks one command per line (telnet) or per text frame
+//! (WebSocket): `SEND bob hello there`. A JSON session speaks one object per
+//! line or frame: `{"op":"send","to":"bob","text":"hello there","cid":"c-17"}`.
+//! A session answers each command in the encoding it came in, and pushes
+//! events in the encoding of its last command.
+//!
+//! - [`command`]: parsing input into a [`Request`];
+//! - [`reply`]: rendering [`Reply`]s (answers) and [`Event`]s (pushes).
+
+pub mod command;
+pub mod reply;
+
+pub use command::{Command, Request, parse};
+pub use reply::{ErrCode, Event, Reply};
+
+/// How a command was spoken, and so how it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    /// `VERB args...` lines.
+    Text,
+    /// One JSON object per line or frame.
+    Json,
+}
+
+/// The `HELP` text: one line per command, as the grammar in DESIGN.md.
+pub const HELP: &[&str] = &[
+    "LOGIN <user> [<token>]      log in (first)",
+    "SEND <user> <text...>       send a direct message; OK SENT <msg-id> <seq> once stored",
+    "JOIN <room> | LEAVE <room>  enter or leave a room",
+    "PUB <room> <text...>        publish to a room",
+    "ALL <text...>               broadcast to everyone (admin)",
+    "ACK <seq>                   mark your inbox read up to <seq> on this device",
+    "SYNC <after-seq> [<epoch>]  replay your inbox after <after-seq>",
+    "WHO <user>                  ONLINE <user> <n> or OFFLINE <user>",
+    "PING | HELP | QUIT",
+];

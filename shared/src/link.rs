@@ -1,0 +1,219 @@
+//! Frames on the persistent link between a message server and a relay.
+//!
+//! A link opens with a handshake:
+//!
+//! ```text
+//! relay  -> server   Challenge { version, nonce }
+//! server -> relay    Hello { version, server_id, epoch, addrs, auth }
+//! relay  -> server   Welcome { relay_id }   or   Refused { reason } and close
+//! ```
+//!
+//! `auth` is `HMAC-SHA256(secret, nonce | server_id | epoch)` ([`auth_tag`]),
+//! so the shared secret never crosses the wire and a recorded `Hello` cannot
+//! be replayed against another challenge. Without a configured secret both
+//! sides use the empty key, which only a relay without a secret accepts.
+//!
+//! After the handshake either side may send any frame; both send [`Frame::Ping`]
+//! every heartbeat interval and answer with [`Frame::Pong`]. [`Frame::Bye`]
+//! says "I am leaving on purpose": the relay then purges nothing more for that
+//! server (the server cleaned up itself).
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::ids::SessionId;
+
+/// The link protocol version this build speaks. A peer with another version
+/// is refused with a logged reason.
+pub const LINK_VERSION: u16 = 1;
+
+/// Bytes in a challenge nonce.
+pub const NONCE_LEN: usize = 32;
+
+/// A direct message as stored in an inbox and pushed to devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectMsg {
+    /// Cluster-unique message id, made by the sender's server.
+    pub id: String,
+    /// Sending user.
+    pub from: String,
+    /// Receiving user.
+    pub to: String,
+    /// Unix time of storing, in milliseconds.
+    pub ts: u64,
+    /// The message text (UTF-8; may hold any character but NUL).
+    pub text: String,
+}
+
+/// A message published to a room, or broadcast to everyone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMsg {
+    /// Room name; [`BROADCAST_ROOM`] for a broadcast to everyone.
+    pub room: String,
+    /// Publishing user.
+    pub from: String,
+    /// Cluster-unique message id.
+    pub id: String,
+    /// Unix time of publishing, in milliseconds.
+    pub ts: u64,
+    /// The message text.
+    pub text: String,
+}
+
+/// The room name a broadcast to everyone uses (not a valid room name, so no
+/// client can `JOIN` it).
+pub const BROADCAST_ROOM: &str = "*";
+
+/// The addresses a server serves clients on, as it reports them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerAddrs {
+    /// WebSocket/HTTP listener, e.g. `127.0.0.1:9001`.
+    pub ws: String,
+    /// Plain-TCP line listener, e.g. `127.0.0.1:9101`.
+    pub tcp: String,
+}
+
+/// Everything that crosses a link. Encoded with `postcard` inside a
+/// length-delimited frame ([`crate::codec::LinkCodec`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame {
+    /// relay -> server, the first frame of every link.
+    Challenge {
+        /// The relay's [`LINK_VERSION`].
+        version: u16,
+        /// Fresh random bytes the server must sign.
+        nonce: [u8; NONCE_LEN],
+    },
+    /// server -> relay, the answer to [`Frame::Challenge`].
+    Hello {
+        /// The server's [`LINK_VERSION`].
+        version: u16,
+        /// The server's id (`--id`).
+        server_id: String,
+        /// The server's epoch: new at every start, so a restarted server is
+        /// told apart from its previous life.
+        epoch: u64,
+        /// Where the server listens for clients.
+        addrs: ServerAddrs,
+        /// [`auth_tag`] over the challenge.
+        auth: Vec<u8>,
+    },
+    /// relay -> server: the link is up.
+    Welcome {
+        /// The relay's name, for logs.
+        relay_id: String,
+    },
+    /// relay -> server: the handshake failed; the relay closes the link.
+    Refused {
+        /// Why, in a sentence.
+        reason: String,
+    },
+    /// A direct message for the sessions of `user` on `to_server`.
+    ///
+    /// One frame per target server and user, however many sessions the user
+    /// has there.
+    Deliver {
+        /// The server that holds the sessions.
+        to_server: String,
+        /// Whose sessions get it (the recipient, or the sender's other devices).
+        user: String,
+        /// The message's sequence number in `user`'s inbox.
+        seq: u64,
+        /// A session that must not get it (the sending device).
+        except: Option<SessionId>,
+        /// The message.
+        msg: DirectMsg,
+    },
+    /// server -> relay: this server has (`on`) or no longer has members of `room`.
+    Interest {
+        /// The room.
+        room: String,
+        /// Whether the server has members now.
+        on: bool,
+    },
+    /// A room message (or a broadcast, room [`BROADCAST_ROOM`]). From a server
+    /// to the relay, then from the relay to every other server with members.
+    Room {
+        /// The message.
+        msg: RoomMsg,
+    },
+    /// Heartbeat; the peer answers [`Frame::Pong`] with the same value.
+    Ping(u64),
+    /// Heartbeat answer.
+    Pong(u64),
+    /// The sender is shutting down on purpose.
+    Bye,
+}
+
+impl Frame {
+    /// A short name for logs and metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Frame::Challenge { .. } => "challenge",
+            Frame::Hello { .. } => "hello",
+            Frame::Welcome { .. } => "welcome",
+            Frame::Refused { .. } => "refused",
+            Frame::Deliver { .. } => "deliver",
+            Frame::Interest { .. } => "interest",
+            Frame::Room { .. } => "room",
+            Frame::Ping(_) => "ping",
+            Frame::Pong(_) => "pong",
+            Frame::Bye => "bye",
+        }
+    }
+}
+
+type HmacSha256 = Hmac<Sha256>;
+
+fn auth_mac(secret: &[u8], nonce: &[u8; NONCE_LEN], server_id: &str, epoch: u64) -> HmacSha256 {
+    // `new_from_slice` accepts keys of any length for HMAC, the empty one too.
+    let mut mac = match HmacSha256::new_from_slice(secret) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC takes keys of any length"),
+    };
+    mac.update(b"switchboard-link-v1\0");
+    mac.update(nonce);
+    mac.update(server_id.as_bytes());
+    mac.update(b"\0");
+    mac.update(&epoch.to_be_bytes());
+    mac
+}
+
+/// The `auth` a server puts in its [`Frame::Hello`].
+pub fn auth_tag(secret: &[u8], nonce: &[u8; NONCE_LEN], server_id: &str, epoch: u64) -> Vec<u8> {
+    auth_mac(secret, nonce, server_id, epoch)
+        .finalize()
+        .into_bytes()
+        .to_vec()
+}
+
+/// Checks a [`Frame::Hello`]'s `auth` in constant time.
+pub fn verify_auth(
+    secret: &[u8],
+    nonce: &[u8; NONCE_LEN],
+    server_id: &str,
+    epoch: u64,
+    tag: &[u8],
+) -> bool {
+    auth_mac(secret, nonce, server_id, epoch)
+        .verify_slice(tag)
+        .is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auth_tags_verify_only_with_the_same_inputs() {
+        let nonce = [7u8; NONCE_LEN];
+        let tag = auth_tag(b"s3cret", &nonce, "a", 5);
+        assert!(verify_auth(b"s3cret", &nonce, "a", 5, &tag));
+        assert!(!verify_auth(b"other", &nonce, "a", 5, &tag));
+        assert!(!verify_auth(b"s3cret", &[8u8; NONCE_LEN], "a", 5, &tag));
+        assert!(!verify_auth(b"s3cret", &nonce, "b", 5, &tag));
+        assert!(!verify_auth(b"s3cret", &nonce, "a", 6, &tag));
+        assert!(!verify_auth(b"s3cret", &nonce, "a", 5, &tag[..31]));
+    }
+}
