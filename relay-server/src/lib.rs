@@ -1,1 +1,235 @@
-//! Relay.
+//! Switchboard's relay: message servers link to it, it routes frames between
+//! them, watches their heartbeats and purges the Redis entries of servers
+//! that die.
+//!
+//! The map:
+//!
+//! - [`config`]: flags and their defaults ([`Config`]);
+//! - `accept`: the accept loop and the link handshake (challenge, `Hello`,
+//!   secret check, `Welcome` or `Refused`);
+//! - [`routes`]: the routing table, server id -> link queue, and room
+//!   interests;
+//! - `link`: one task per link, reading, forwarding, writing in batches;
+//! - `health`: heartbeats and when a link counts as dead;
+//! - `purge`: purging a dead server after its grace period, and the registry
+//!   sweep for servers that died unwatched;
+//! - `registry`: reading the server registry, the Redis connection;
+//! - `admin`: `/healthz`, `/servers`, `/metrics` over HTTP;
+//! - [`metrics`]: the Prometheus registry of one relay ([`Metrics`]).
+//!
+//! Use: [`bind`] the listeners, then [`Bound::run`] until a
+//! [`CancellationToken`] is cancelled; or [`run`] for both. The relay keeps
+//! no durable state: restarting it loses nothing.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+mod accept;
+mod admin;
+pub mod config;
+mod health;
+mod link;
+pub mod metrics;
+mod purge;
+mod registry;
+pub mod routes;
+
+pub use config::Config;
+pub use metrics::Metrics;
+
+/// Longest wait for the relay's tasks after shutdown was asked for; every
+/// task has its own shorter bound, this is the backstop.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// A flag value is out of range.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {what} address {addr}: {source}")]
+    Bind {
+        /// Which listener (`link` or `admin`).
+        what: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// The link secret file could not be read.
+    #[error("cannot read link secret file {path}: {source}")]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// The read error.
+        source: std::io::Error,
+    },
+    /// The link secret file holds nothing (which would silently mean "no secret").
+    #[error("link secret file {0} is empty")]
+    EmptySecret(PathBuf),
+    /// The Redis URL is not one.
+    #[error("invalid redis url: {0}")]
+    Redis(#[source] redis::RedisError),
+}
+
+/// State shared by every task of one running relay.
+pub(crate) struct Ctx {
+    pub(crate) config: Config,
+    /// The link secret; empty when none is configured.
+    pub(crate) secret: Vec<u8>,
+    pub(crate) routes: routes::Routes,
+    pub(crate) metrics: Metrics,
+    pub(crate) redis: ConnectionManager,
+    pub(crate) scripts: purge::Scripts,
+    /// Cancelled when the relay stops.
+    pub(crate) shutdown: CancellationToken,
+    /// Every task of this relay, to wait for at shutdown.
+    pub(crate) tracker: TaskTracker,
+}
+
+/// A relay with its listeners bound, ready to [`run`](Bound::run).
+pub struct Bound {
+    config: Config,
+    secret: Vec<u8>,
+    link: TcpListener,
+    admin: TcpListener,
+    link_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    redis: ConnectionManager,
+    metrics: Metrics,
+}
+
+impl std::fmt::Debug for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bound")
+            .field("link_addr", &self.link_addr)
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, RelayError> {
+    let mut bytes = std::fs::read(path).map_err(|source| RelayError::Secret {
+        path: path.to_owned(),
+        source,
+    })?;
+    // One trailing newline (as editors and `echo` write it) is not part of it.
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(RelayError::EmptySecret(path.to_owned()));
+    }
+    Ok(bytes)
+}
+
+async fn listen(
+    what: &'static str,
+    addr: SocketAddr,
+) -> Result<(TcpListener, SocketAddr), RelayError> {
+    let bind_err = |source| RelayError::Bind { what, addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, local))
+}
+
+/// Checks the configuration, reads the link secret, binds the link and
+/// admin listeners and prepares the Redis connection (made on first use and
+/// retried in the background: the relay routes frames without Redis).
+pub async fn bind(config: Config) -> Result<Bound, RelayError> {
+    config.validate().map_err(RelayError::Config)?;
+    let secret = match &config.link_secret_file {
+        Some(path) => read_secret(path)?,
+        None => {
+            warn!("no --link-secret-file: accepting only servers without a link secret");
+            Vec::new()
+        }
+    };
+    let redis = registry::connect_lazy(&config.redis).map_err(RelayError::Redis)?;
+    let (link, link_addr) = listen("link", config.listen).await?;
+    let (admin, admin_addr) = listen("admin", config.admin).await?;
+    Ok(Bound {
+        config,
+        secret,
+        link,
+        admin,
+        link_addr,
+        admin_addr,
+        redis,
+        metrics: Metrics::new(),
+    })
+}
+
+impl Bound {
+    /// Where message servers link to.
+    pub fn link_addr(&self) -> SocketAddr {
+        self.link_addr
+    }
+
+    /// Where the admin HTTP endpoint listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// This relay's metrics (the same numbers `/metrics` serves).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then says `Bye` on every link,
+    /// stops the admin endpoint and returns once the tasks are done.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
+        let ctx = Arc::new(Ctx {
+            config: self.config,
+            secret: self.secret,
+            routes: routes::Routes::new(),
+            metrics: self.metrics,
+            redis: self.redis,
+            scripts: purge::Scripts::new(),
+            shutdown: shutdown.child_token(),
+            tracker: TaskTracker::new(),
+        });
+        info!(
+            relay_id = %ctx.config.relay_id,
+            "listening link={} admin={}",
+            self.link_addr,
+            self.admin_addr
+        );
+        ctx.tracker
+            .spawn(accept::accept_loop(ctx.clone(), self.link));
+        ctx.tracker.spawn(admin::serve(ctx.clone(), self.admin));
+        ctx.tracker.spawn(purge::sweep_loop(ctx.clone()));
+
+        ctx.shutdown.cancelled().await;
+        info!("shutting down");
+        ctx.tracker.close();
+        if tokio::time::timeout(SHUTDOWN_LIMIT, ctx.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                tasks = ctx.tracker.len(),
+                "tasks still running after the shutdown limit; leaving them"
+            );
+        }
+        info!("stopped");
+        Ok(())
+    }
+}
+
+/// [`bind`], then [`Bound::run`].
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RelayError> {
+    bind(config).await?.run(shutdown).await
+}

@@ -124,20 +124,15 @@ mod tests {
                 }),
             name().prop_map(|relay_id| Frame::Welcome { relay_id }),
             any::<String>().prop_map(|reason| Frame::Refused { reason }),
-            (
-                name(),
-                name(),
-                any::<u64>(),
-                any::<Option<u64>>(),
-                direct()
-            )
-                .prop_map(|(to_server, user, seq, except, msg)| Frame::Deliver {
+            (name(), name(), any::<u64>(), any::<Option<u64>>(), direct()).prop_map(
+                |(to_server, user, seq, except, msg)| Frame::Deliver {
                     to_server,
                     user,
                     seq,
                     except: except.map(SessionId),
                     msg,
-                }),
+                }
+            ),
             (name(), any::<bool>()).prop_map(|(room, on)| Frame::Interest { room, on }),
             (name(), name(), name(), any::<u64>(), any::<String>()).prop_map(
                 |(room, from, id, ts, text)| Frame::Room {
@@ -242,6 +237,9 @@ mod tests {
             auth: vec![],
         };
         let mut buf = encode_all(&[frame.clone()]);
-        assert_eq!(LinkCodec::default().decode(&mut buf).expect("ok"), Some(frame));
+        assert_eq!(
+            LinkCodec::default().decode(&mut buf).expect("ok"),
+            Some(frame)
+        );
     }
 }

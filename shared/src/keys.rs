@@ -78,6 +78,15 @@ pub const SESSION_DEL: &str = include_str!("lua/session_del.lua");
 /// Returns the number of sessions removed. Idempotent.
 pub const PURGE_SERVER: &str = include_str!("lua/purge_server.lua");
 
+/// Removes what a server left once its registry entry is gone (expired):
+/// the sessions of every epoch, its `sb:srvsess` hash and its id in
+/// `sb:servers`, but only if `sb:srv:{id}` still does not exist when the
+/// script runs (a server registering again meanwhile keeps its sessions).
+/// `KEYS = [srvsess, srv, servers]`, `ARGV = [server-id]`.
+/// Returns the number of sessions removed, or -1 when the entry exists.
+/// Idempotent.
+pub const PURGE_GONE: &str = include_str!("lua/purge_gone.lua");
+
 /// Refreshes a server's registry entry. Returns 0 when the entry was missing
 /// (first start, or Redis lost it), which tells the server to write its live
 /// sessions again. `KEYS = [srv, servers]`,

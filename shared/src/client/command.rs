@@ -167,9 +167,7 @@ fn parse_text(line: &str) -> Result<Command, ClientError> {
             let (first, text) = split(rest);
             let what = if verb_upper == "SEND" { "user" } else { "room" };
             let Some(first) = first else {
-                return Err(syntax(format!(
-                    "usage: {verb_upper} <{what}> <text...>"
-                )));
+                return Err(syntax(format!("usage: {verb_upper} <{what}> <text...>")));
             };
             let first = name_arg(what, &first)?;
             let text = text_arg(&verb_upper, text.as_deref())?;
@@ -433,10 +431,16 @@ mod tests {
     #[test]
     fn malformed_json_is_an_error_and_echoes_the_cid() {
         let (e, enc, cid) = parse(r#"{"op":"send","to":"bob","cid":"x1"}"#).expect_err("no text");
-        assert_eq!((e.code, enc, cid.as_deref()), (ErrCode::Syntax, Encoding::Json, Some("x1")));
+        assert_eq!(
+            (e.code, enc, cid.as_deref()),
+            (ErrCode::Syntax, Encoding::Json, Some("x1"))
+        );
         assert_eq!(err("{not json"), ErrCode::Json);
         assert_eq!(err(r#"{"op":"frob"}"#), ErrCode::Unknown);
-        assert_eq!(err(r#"{"op":"send","to":"bob","text":"x","bogus":1}"#), ErrCode::Json);
+        assert_eq!(
+            err(r#"{"op":"send","to":"bob","text":"x","bogus":1}"#),
+            ErrCode::Json
+        );
         assert_eq!(err(r#"{"op":"ack","seq":-1}"#), ErrCode::Json);
     }
 

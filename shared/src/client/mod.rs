@@ -13,7 +13,7 @@ pub mod command;
 pub mod reply;
 
 pub use command::{Command, Request, parse};
-pub use reply::{ErrCode, Event, Reply};
+pub use reply::{ClientError, ErrCode, Event, Reply};
 
 /// How a command was spoken, and so how it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

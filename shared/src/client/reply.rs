@@ -460,7 +460,10 @@ mod tests {
             "ONLINE bob 2"
         );
         let e = Reply::from(ClientError::new(ErrCode::Syntax, "SEND needs some text"));
-        assert_eq!(e.render(Encoding::Text, None), "ERR syntax SEND needs some text");
+        assert_eq!(
+            e.render(Encoding::Text, None),
+            "ERR syntax SEND needs some text"
+        );
     }
 
     #[test]
@@ -482,7 +485,10 @@ mod tests {
             seq: 9,
             msg: msg("hi there"),
         };
-        assert_eq!(ev.render(Encoding::Text), "MSG 9 alice bob m1 1700 hi there");
+        assert_eq!(
+            ev.render(Encoding::Text),
+            "MSG 9 alice bob m1 1700 hi there"
+        );
         let v: serde_json::Value = serde_json::from_str(&ev.render(Encoding::Json)).expect("json");
         assert_eq!(v["text"], "hi there");
         assert_eq!(v["seq"], 9);
@@ -494,7 +500,10 @@ mod tests {
             seq: 1,
             msg: msg("a\nb\r"),
         };
-        assert_eq!(ev.render(Encoding::Text), "MSG 1 alice bob m1 1700 a\\nb\\r");
+        assert_eq!(
+            ev.render(Encoding::Text),
+            "MSG 1 alice bob m1 1700 a\\nb\\r"
+        );
     }
 
     #[test]
@@ -506,7 +515,10 @@ mod tests {
             ts: 5,
             text: "yo".into(),
         };
-        assert_eq!(Event::Room(m.clone()).render(Encoding::Text), "ROOM lobby al r1 5 yo");
+        assert_eq!(
+            Event::Room(m.clone()).render(Encoding::Text),
+            "ROOM lobby al r1 5 yo"
+        );
         m.room = BROADCAST_ROOM.into();
         assert_eq!(Event::Room(m).render(Encoding::Text), "ALL al r1 5 yo");
     }

@@ -1,0 +1,411 @@
+//! Side by side: reads the results files of one bench run (Switchboard and
+//! the Socket.IO peer), computes the ratios the targets are stated in, and
+//! renders the Markdown table and the comparison plots.
+//!
+//! File names in the results directory (written by `scripts/bench`):
+//! `{sio,sb}-idle.json`, `{sio,sb}-throughput.json`, `{sio,sb}-latency.json`,
+//! `sb-scale-2.json` and `sb-scale-4.json`. A missing file leaves its rows
+//! as "–".
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::report::Report;
+use crate::svg::{self, Series};
+use crate::traffic::TrafficResult;
+
+/// Idle memory per connection at most this (bytes).
+const IDLE_MAX_BYTES: f64 = 8.0 * 1024.0;
+/// Ours at least this many times lighter per idle connection.
+const IDLE_RATIO: f64 = 3.0;
+/// Ours sustains at least this many times the peer's rate.
+const RATE_RATIO: f64 = 2.0;
+/// Ours delivers at least this many times more per CPU-second.
+const CPU_RATIO: f64 = 3.0;
+/// p99 at half the peer's highest rate, ms.
+const LATENCY_P99_MS: f64 = 5.0;
+/// "Roughly flat": CPU per message with 4 servers at most this times that with 2.
+const SCALE_FLAT: f64 = 1.25;
+
+/// The outcome: Markdown and plots.
+#[derive(Debug, Clone, Default)]
+pub struct Comparison {
+    /// The summary table, then the per-run tables.
+    pub markdown: String,
+    /// `(file name, SVG)`.
+    pub plots: Vec<(String, String)>,
+}
+
+struct Runs {
+    sio_idle: Option<Report>,
+    sb_idle: Option<Report>,
+    sio_tp: Option<Report>,
+    sb_tp: Option<Report>,
+    sio_lat: Option<Report>,
+    sb_lat: Option<Report>,
+    scale2: Option<Report>,
+    scale4: Option<Report>,
+}
+
+fn load(dir: &Path, name: &str) -> Option<Report> {
+    Report::read(&dir.join(name)).ok()
+}
+
+/// Builds the comparison from the files in `dir`.
+pub fn compare(dir: &Path) -> Comparison {
+    let runs = Runs {
+        sio_idle: load(dir, "sio-idle.json"),
+        sb_idle: load(dir, "sb-idle.json"),
+        sio_tp: load(dir, "sio-throughput.json"),
+        sb_tp: load(dir, "sb-throughput.json"),
+        sio_lat: load(dir, "sio-latency.json"),
+        sb_lat: load(dir, "sb-latency.json"),
+        scale2: load(dir, "sb-scale-2.json"),
+        scale4: load(dir, "sb-scale-4.json"),
+    };
+    let mut md = String::new();
+    summary_table(&mut md, &runs);
+    details(&mut md, &runs);
+    Comparison {
+        markdown: md,
+        plots: plots(&runs),
+    }
+}
+
+/// `20,000`.
+pub fn thousands(v: f64) -> String {
+    let n = v.round() as i64;
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+fn ms(us: u64) -> String {
+    let v = us as f64 / 1000.0;
+    if v < 10.0 {
+        format!("{v:.2} ms")
+    } else {
+        format!("{v:.0} ms")
+    }
+}
+
+fn kib(bytes: f64) -> String {
+    format!("{:.1} KiB", bytes / 1024.0)
+}
+
+fn verdict(ok: Option<bool>) -> &'static str {
+    match ok {
+        Some(true) => "met",
+        Some(false) => "**not met**",
+        None => "–",
+    }
+}
+
+fn dash<T>(v: Option<T>, f: impl Fn(T) -> String) -> String {
+    v.map(f).unwrap_or_else(|| "–".to_owned())
+}
+
+fn step_at(r: Option<&Report>, rate: u64) -> Option<&TrafficResult> {
+    r?.steps.iter().find(|s| s.rate == rate)
+}
+
+fn summary_table(md: &mut String, runs: &Runs) {
+    md.push_str("| measure | Socket.IO pair | Switchboard | ratio | target | |\n|---|---:|---:|---:|---|---|\n");
+
+    // Idle memory.
+    let peer = runs.sio_idle.as_ref().and_then(|r| r.idle.as_ref());
+    let ours = runs.sb_idle.as_ref().and_then(|r| r.idle.as_ref());
+    let conns = ours.or(peer).map(|i| i.opened).unwrap_or(0);
+    let ratio = match (peer, ours) {
+        (Some(p), Some(o)) if o.bytes_per_conn > 0.0 => Some(p.bytes_per_conn / o.bytes_per_conn),
+        _ => None,
+    };
+    let ok =
+        ours.map(|o| o.bytes_per_conn <= IDLE_MAX_BYTES && ratio.is_some_and(|r| r >= IDLE_RATIO));
+    let _ = writeln!(
+        md,
+        "| server RSS per idle connection ({} on one process) | {} | {} | {} lighter | ≤ 8 KiB and ≥ {IDLE_RATIO:.0}x lighter | {} |",
+        thousands(conns as f64),
+        dash(peer, |p| kib(p.bytes_per_conn)),
+        dash(ours, |o| kib(o.bytes_per_conn)),
+        dash(ratio, |r| format!("{r:.1}x")),
+        verdict(ok)
+    );
+
+    // Highest sustained rate.
+    let peer_max = runs.sio_tp.as_ref().and_then(|r| r.max_sustained_rate);
+    let ours_max = runs.sb_tp.as_ref().and_then(|r| r.max_sustained_rate);
+    let ratio = match (peer_max, ours_max) {
+        (Some(p), Some(o)) if p > 0 => Some(o as f64 / p as f64),
+        _ => None,
+    };
+    let bound = runs
+        .sb_tp
+        .as_ref()
+        .or(runs.sio_tp.as_ref())
+        .and_then(|r| r.steps.first())
+        .map(|_| 50);
+    let _ = writeln!(
+        md,
+        "| highest sustained cross-server rate, msg/s (p99 ≤ {} ms, none lost; ours stores each durably) | {} | {} | {} | ≥ {RATE_RATIO:.0}x | {} |",
+        bound.unwrap_or(50),
+        dash(peer_max, |v| thousands(v as f64)),
+        dash(ours_max, |v| thousands(v as f64)),
+        dash(ratio, |r| format!("{r:.2}x")),
+        verdict(ratio.map(|r| r >= RATE_RATIO))
+    );
+
+    // Messages per CPU-second at the same offered rate (the peer's highest).
+    if let Some(rate) = peer_max {
+        let p = step_at(runs.sio_tp.as_ref(), rate);
+        let o = step_at(runs.sb_tp.as_ref(), rate);
+        let ratio = match (p, o) {
+            (Some(p), Some(o)) if p.msgs_per_cpu_s > 0.0 => {
+                Some(o.msgs_per_cpu_s / p.msgs_per_cpu_s)
+            }
+            _ => None,
+        };
+        let _ = writeln!(
+            md,
+            "| messages per CPU-second of servers + relay + Redis (Node ×2 + Redis), at {} msg/s | {} | {} | {} | ≥ {CPU_RATIO:.0}x | {} |",
+            thousands(rate as f64),
+            dash(p, |s| thousands(s.msgs_per_cpu_s)),
+            dash(o, |s| thousands(s.msgs_per_cpu_s)),
+            dash(ratio, |r| format!("{r:.2}x")),
+            verdict(ratio.map(|r| r >= CPU_RATIO))
+        );
+    }
+    // ... and each at its own highest rate.
+    let p = peer_max.and_then(|r| step_at(runs.sio_tp.as_ref(), r));
+    let o = ours_max.and_then(|r| step_at(runs.sb_tp.as_ref(), r));
+    if p.is_some() || o.is_some() {
+        let ratio = match (p, o) {
+            (Some(p), Some(o)) if p.msgs_per_cpu_s > 0.0 => {
+                Some(o.msgs_per_cpu_s / p.msgs_per_cpu_s)
+            }
+            _ => None,
+        };
+        let _ = writeln!(
+            md,
+            "| messages per CPU-second, each at its own highest rate | {} | {} | {} | (information) | |",
+            dash(p, |s| thousands(s.msgs_per_cpu_s)),
+            dash(o, |s| thousands(s.msgs_per_cpu_s)),
+            dash(ratio, |r| format!("{r:.2}x"))
+        );
+    }
+
+    // Latency at one rate.
+    let p = runs.sio_lat.as_ref().and_then(|r| r.steps.first());
+    let o = runs.sb_lat.as_ref().and_then(|r| r.steps.first());
+    let rate = o.or(p).map(|s| s.rate);
+    let row = |md: &mut String,
+               name: &str,
+               f: fn(&TrafficResult) -> u64,
+               target: Option<(bool, &str)>| {
+        let ratio = match (p, o) {
+            (Some(p), Some(o)) if f(o) > 0 => Some(f(p) as f64 / f(o) as f64),
+            _ => None,
+        };
+        let _ = writeln!(
+            md,
+            "| {name} latency at {} msg/s (from intended send time) | {} | {} | {} lower | {} | {} |",
+            dash(rate, |r| thousands(r as f64)),
+            dash(p, |s| ms(f(s))),
+            dash(o, |s| ms(f(s))),
+            dash(ratio, |r| format!("{r:.1}x")),
+            target.map_or("(information)", |t| t.1),
+            target.map_or("", |t| verdict(Some(t.0)))
+        );
+    };
+    row(md, "p50", |s| s.latency.p50_us, None);
+    let p99_ok = match (p, o) {
+        (Some(p), Some(o)) => Some(
+            (o.latency.p99_us as f64) < LATENCY_P99_MS * 1000.0
+                && o.latency.p99_us * 2 <= p.latency.p99_us
+                && o.lost == 0,
+        ),
+        _ => None,
+    };
+    row(
+        md,
+        "p99",
+        |s| s.latency.p99_us,
+        p99_ok.map(|ok| (ok, "< 5 ms and ≤ half the peer's")),
+    );
+    row(md, "p99.9", |s| s.latency.p999_us, None);
+
+    // Scaling from 2 to 4 servers.
+    let s2 = runs.scale2.as_ref().and_then(|r| r.steps.first());
+    let s4 = runs.scale4.as_ref().and_then(|r| r.steps.first());
+    if s2.is_some() || s4.is_some() {
+        let ratio = match (s2, s4) {
+            (Some(a), Some(b)) if a.cpu_us_per_msg > 0.0 => {
+                Some(b.cpu_us_per_msg / a.cpu_us_per_msg)
+            }
+            _ => None,
+        };
+        let _ = writeln!(
+            md,
+            "| Switchboard CPU per message, 2 → 4 servers at {} msg/s | – | {} → {} | {} | roughly flat (≤ {SCALE_FLAT}x) | {} |",
+            dash(s2.or(s4).map(|s| s.rate), |r| thousands(r as f64)),
+            dash(s2, |s| format!("{:.1} µs", s.cpu_us_per_msg)),
+            dash(s4, |s| format!("{:.1} µs", s.cpu_us_per_msg)),
+            dash(ratio, |r| format!("{r:.2}x")),
+            verdict(ratio.map(|r| r <= SCALE_FLAT))
+        );
+    }
+}
+
+fn details(md: &mut String, runs: &Runs) {
+    md.push_str("\n### Throughput ladder\n\n");
+    md.push_str("| system | offered msg/s | sent | acked | delivered | recovered | lost | p50 | p99 | p99.9 | max | CPU s (system) | CPU s (tool) | msg per CPU-s | verdict |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in [
+        &runs.sio_tp,
+        &runs.sb_tp,
+        &runs.sio_lat,
+        &runs.sb_lat,
+        &runs.scale2,
+        &runs.scale4,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        for s in &r.steps {
+            let _ = writeln!(
+                md,
+                "| {} ({}, {} servers) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {} | {} |",
+                r.label,
+                r.scenario,
+                s.servers,
+                thousands(s.rate as f64),
+                thousands(s.sent as f64),
+                if r.system.durable() {
+                    thousands(s.acked as f64)
+                } else {
+                    "–".into()
+                },
+                thousands(s.delivered as f64),
+                thousands(s.recovered as f64),
+                thousands(s.lost as f64),
+                ms(s.latency.p50_us),
+                ms(s.latency.p99_us),
+                ms(s.latency.p999_us),
+                ms(s.latency.max_us),
+                s.usage.cpu_total_s,
+                s.usage.tool_cpu_s,
+                thousands(s.msgs_per_cpu_s),
+                s.verdict
+            );
+        }
+    }
+    md.push_str("\n### Idle connections\n\n| system | connections | failed | still open after hold | connect rate /s | process | RSS before | RSS after | per connection |\n|---|---:|---:|---:|---:|---|---:|---:|---:|\n");
+    for r in [&runs.sio_idle, &runs.sb_idle].into_iter().flatten() {
+        let Some(i) = &r.idle else { continue };
+        for s in &i.servers {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {:.0} MiB | {:.0} MiB | {} |",
+                r.label,
+                thousands(i.opened as f64),
+                thousands(i.failed as f64),
+                thousands(i.still_open as f64),
+                thousands(i.connect_rate),
+                s.name,
+                s.rss_before as f64 / 1048576.0,
+                s.rss_after as f64 / 1048576.0,
+                kib(s.bytes_per_conn)
+            );
+        }
+    }
+}
+
+fn plots(runs: &Runs) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let lat: Vec<Series> = [&runs.sio_lat, &runs.sb_lat]
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let s = r.steps.first()?;
+            Some(Series {
+                label: format!("{} ({} msg/s)", r.label, thousands(s.rate as f64)),
+                points: s
+                    .distribution
+                    .iter()
+                    .map(|&(p, us)| (p, us as f64 / 1000.0))
+                    .collect(),
+                passed: Vec::new(),
+            })
+        })
+        .collect();
+    if !lat.is_empty() {
+        out.push((
+            "latency.svg".to_owned(),
+            svg::latency_distribution("Latency distribution, cross-server direct messages", &lat),
+        ));
+    }
+    let ladders: Vec<&Report> = [&runs.sio_tp, &runs.sb_tp].into_iter().flatten().collect();
+    if !ladders.is_empty() {
+        let (d, p) = throughput_series(&ladders);
+        out.push((
+            "throughput.svg".to_owned(),
+            svg::throughput_curve("Throughput, cross-server direct messages", &d, &p, 50.0),
+        ));
+    }
+    out
+}
+
+/// The delivered-rate and p99 series of throughput reports.
+pub fn throughput_series(reports: &[&Report]) -> (Vec<Series>, Vec<Series>) {
+    let mut delivered = Vec::new();
+    let mut p99 = Vec::new();
+    for r in reports {
+        let passed: Vec<bool> = r.steps.iter().map(|s| s.passed).collect();
+        delivered.push(Series {
+            label: r.label.clone(),
+            points: r
+                .steps
+                .iter()
+                .map(|s| (s.rate as f64, s.achieved_rate))
+                .collect(),
+            passed: passed.clone(),
+        });
+        p99.push(Series {
+            label: r.label.clone(),
+            points: r
+                .steps
+                .iter()
+                .map(|s| (s.rate as f64, s.latency.p99_us as f64 / 1000.0))
+                .collect(),
+            passed,
+        });
+    }
+    (delivered, p99)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(thousands(20000.0), "20,000");
+        assert_eq!(thousands(999.4), "999");
+        assert_eq!(thousands(1234567.0), "1,234,567");
+        assert_eq!(ms(2345), "2.35 ms");
+        assert_eq!(ms(123_456), "123 ms");
+    }
+
+    #[test]
+    fn an_empty_directory_gives_dashes_not_a_panic() {
+        let c = compare(Path::new("/nonexistent"));
+        assert!(c.markdown.contains("| – |"));
+        assert!(c.plots.is_empty());
+    }
+}

@@ -1,0 +1,210 @@
+//! Typed configuration of one message server: every flag, its `SB_*`
+//! environment variable and its laptop default, and every limit in one place.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags of `message-server` (each also `SB_<FLAG>` in the environment).
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "message-server", version, about = "Switchboard message server")]
+pub struct Config {
+    /// This server's id: unique in the cluster, letters, digits and `_ . @ -`.
+    #[arg(long, env = "SB_ID")]
+    pub id: String,
+
+    /// WebSocket and HTTP listener (`/ws`, `/healthz`, `/metrics`); port 0 picks one.
+    #[arg(long, env = "SB_WS", default_value = "127.0.0.1:9001")]
+    pub ws: SocketAddr,
+
+    /// Plain-TCP line listener (telnet); port 0 picks one.
+    #[arg(long, env = "SB_TCP", default_value = "127.0.0.1:9101")]
+    pub tcp: SocketAddr,
+
+    /// Relay link address; give it more than once to link to several relays.
+    #[arg(
+        long,
+        env = "SB_RELAY",
+        default_value = "127.0.0.1:9000",
+        value_delimiter = ','
+    )]
+    pub relay: Vec<String>,
+
+    /// Redis URL.
+    #[arg(long, env = "SB_REDIS", default_value = "redis://127.0.0.1:6379/")]
+    pub redis: String,
+
+    /// Most client connections at once (WebSocket and TCP together).
+    #[arg(long, env = "SB_MAX_CONNECTIONS", default_value_t = 500)]
+    pub max_connections: usize,
+
+    /// File holding the HMAC secret that signs client tokens.
+    #[arg(long, env = "SB_TOKEN_SECRET_FILE")]
+    pub token_secret_file: Option<PathBuf>,
+
+    /// Accept `LOGIN <user>` without a token. For demos and tests only.
+    #[arg(long, env = "SB_INSECURE_LOGIN")]
+    pub insecure_login: bool,
+
+    /// File holding the shared secret that authenticates the relay link.
+    #[arg(long, env = "SB_LINK_SECRET_FILE")]
+    pub link_secret_file: Option<PathBuf>,
+
+    /// TLS certificate chain (PEM) for wss:// and the TCP listener.
+    #[arg(long, env = "SB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM).
+    #[arg(long, env = "SB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve an echo endpoint at `/echo` (same pipeline and limits as `/ws`),
+    /// for conformance testing.
+    #[arg(long, env = "SB_ECHO")]
+    pub echo: bool,
+
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Limits and timings, each with the default an operator starts from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Largest client message (WebSocket message or TCP line), bytes.
+    #[arg(long, env = "SB_MAX_MESSAGE", default_value_t = 64 * 1024)]
+    pub max_message: usize,
+
+    /// Pushes queued for one session before it counts as too slow and is closed.
+    #[arg(long, env = "SB_SESSION_QUEUE", default_value_t = 256)]
+    pub session_queue: usize,
+
+    /// WebSocket ping interval.
+    #[arg(long, env = "SB_PING_INTERVAL", default_value = "20s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// A session silent for this long is closed (WebSocket and TCP).
+    #[arg(long, env = "SB_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// A connection that has not logged in after this long is closed.
+    #[arg(long, env = "SB_LOGIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub login_timeout: Duration,
+
+    /// A write to a client that takes longer than this closes the session.
+    #[arg(long, env = "SB_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Messages kept per inbox (approximate: Redis trims whole blocks).
+    #[arg(long, env = "SB_INBOX_MAX_LEN", default_value_t = 10_000)]
+    pub inbox_max_len: u64,
+
+    /// Age after which a message leaves its inbox.
+    #[arg(long, env = "SB_INBOX_MAX_AGE", default_value = "7d", value_parser = parse_duration)]
+    pub inbox_max_age: Duration,
+
+    /// Messages kept per room history.
+    #[arg(long, env = "SB_ROOM_HISTORY", default_value_t = 100)]
+    pub room_history: u64,
+
+    /// How long a `cid` is remembered to de-duplicate a retried send.
+    #[arg(long, env = "SB_CID_TTL", default_value = "1d", value_parser = parse_duration)]
+    pub cid_ttl: Duration,
+
+    /// Heartbeat interval on the relay link.
+    #[arg(long, env = "SB_LINK_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
+    pub link_heartbeat: Duration,
+
+    /// A relay link silent for this long is dead.
+    #[arg(long, env = "SB_LINK_DEAD_AFTER", default_value = "3s", value_parser = parse_duration)]
+    pub link_dead_after: Duration,
+
+    /// Frames queued for the relay link before senders wait.
+    #[arg(long, env = "SB_LINK_QUEUE", default_value_t = 8192)]
+    pub link_queue: usize,
+
+    /// How often the server refreshes its registry entry in Redis.
+    #[arg(long, env = "SB_REGISTRY_INTERVAL", default_value = "2s", value_parser = parse_duration)]
+    pub registry_interval: Duration,
+
+    /// Registry entry TTL: the backstop if nothing else removes a dead server.
+    #[arg(long, env = "SB_REGISTRY_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub registry_ttl: Duration,
+
+    /// Direct messages being stored at once (Redis requests in flight).
+    #[arg(long, env = "SB_STORE_INFLIGHT", default_value_t = 1024)]
+    pub store_inflight: usize,
+
+    /// How long shutdown waits for sessions to close before giving up.
+    #[arg(long, env = "SB_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// A configuration for tests and embedding: ports 0 on 127.0.0.1,
+    /// insecure login, the given Redis and relay, every other value default.
+    pub fn local(id: &str, redis: &str, relay: Option<SocketAddr>) -> Config {
+        use clap::Parser;
+        let mut args = vec![
+            "message-server".to_owned(),
+            "--id".to_owned(),
+            id.to_owned(),
+            "--ws".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--tcp".to_owned(),
+            "127.0.0.1:0".to_owned(),
+            "--redis".to_owned(),
+            redis.to_owned(),
+            "--insecure-login".to_owned(),
+        ];
+        if let Some(relay) = relay {
+            args.push("--relay".to_owned());
+            args.push(relay.to_string());
+        }
+        match Config::try_parse_from(args) {
+            Ok(c) => c,
+            Err(e) => unreachable!("built-in arguments parse: {e}"),
+        }
+    }
+}
+
+/// Parses `250ms`, `20s`, `5m`, `2h`, `7d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 250ms, 20s, 5m, 2h or 7d"))?;
+    let secs = |m: u64| Duration::from_secs(n.saturating_mul(m));
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(secs(1)),
+        "m" => Ok(secs(60)),
+        "h" => Ok(secs(3600)),
+        "d" => Ok(secs(86_400)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m, h, d)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("20s"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("20"), Ok(Duration::from_secs(20)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn local_config_uses_free_ports() {
+        let c = Config::local("a", "redis://127.0.0.1:1/", None);
+        assert_eq!(c.ws.port(), 0);
+        assert!(c.insecure_login);
+        assert_eq!(c.limits.max_message, 65536);
+    }
+}

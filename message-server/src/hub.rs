@@ -1,0 +1,283 @@
+//! The sessions on this server, by user and by room, and the pushes to them.
+//!
+//! Each session owns a bounded queue ([`Out`]); the hub only ever
+//! `try_send`s into it. A session whose queue is full is too slow to keep
+//! up: it is kicked (closed with 1008) rather than allowed to grow memory
+//! or stall everyone else. Its messages are safe in its inbox; it gets them
+//! back with `SYNC` when it reconnects.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use shared::client::Event;
+use shared::ids::SessionId;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+
+/// What is queued for one session's writer.
+#[derive(Debug)]
+pub enum Out {
+    /// A push, rendered by the session in its own encoding.
+    Event(Arc<Event>),
+    /// An answer already rendered for this session (e.g. `OK SENT`, which
+    /// comes back from the store pipeline).
+    Reply(String),
+}
+
+/// A handle on one local session.
+#[derive(Debug, Clone)]
+pub struct SessionHandle {
+    /// The session.
+    pub id: SessionId,
+    /// Its outbound queue.
+    pub tx: mpsc::Sender<Out>,
+    /// Cancelled to close it as a slow consumer.
+    pub kick: CancellationToken,
+}
+
+impl SessionHandle {
+    /// Queues `out`; kicks the session if its queue is full. Returns whether
+    /// it was queued.
+    pub fn push(&self, out: Out, metrics: &Metrics) -> bool {
+        match self.tx.try_send(out) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if !self.kick.is_cancelled() {
+                    metrics.slow_consumers.inc();
+                    self.kick.cancel();
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    users: HashMap<String, Vec<SessionHandle>>,
+    rooms: HashMap<String, Vec<SessionHandle>>,
+}
+
+/// Local sessions and rooms.
+pub struct Hub {
+    inner: Mutex<Inner>,
+    metrics: Metrics,
+}
+
+impl Hub {
+    /// An empty hub counting into `metrics`.
+    pub fn new(metrics: Metrics) -> Hub {
+        Hub {
+            inner: Mutex::new(Inner::default()),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain maps behind; keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a logged-in session of `user`.
+    pub fn add(&self, user: &str, handle: SessionHandle) {
+        self.lock()
+            .users
+            .entry(user.to_owned())
+            .or_default()
+            .push(handle);
+        self.metrics.sessions.inc();
+    }
+
+    /// Removes a session (and its room memberships); returns the rooms that
+    /// have no local member any more.
+    pub fn remove(&self, user: &str, id: SessionId, rooms: &[String]) -> Vec<String> {
+        let mut inner = self.lock();
+        if let Some(list) = inner.users.get_mut(user) {
+            let before = list.len();
+            list.retain(|h| h.id != id);
+            if list.len() < before {
+                self.metrics.sessions.dec();
+            }
+            if list.is_empty() {
+                inner.users.remove(user);
+            }
+        }
+        rooms
+            .iter()
+            .filter(|room| Self::leave_locked(&mut inner, room, id))
+            .cloned()
+            .collect()
+    }
+
+    /// Pushes a direct message to every local session of `user` but `except`.
+    /// Returns how many sessions got it.
+    pub fn push_user(&self, user: &str, event: &Arc<Event>, except: Option<SessionId>) -> usize {
+        let inner = self.lock();
+        let Some(list) = inner.users.get(user) else {
+            return 0;
+        };
+        self.push_all(list.iter().filter(|h| Some(h.id) != except), event)
+    }
+
+    fn push_all<'a>(
+        &self,
+        to: impl Iterator<Item = &'a SessionHandle>,
+        event: &Arc<Event>,
+    ) -> usize {
+        let mut n = 0;
+        for h in to {
+            if h.push(Out::Event(Arc::clone(event)), &self.metrics) {
+                n += 1;
+            }
+        }
+        self.metrics.pushed_local.inc_by(n as u64);
+        n
+    }
+
+    /// Every local session (for re-writing them to Redis, and for broadcast).
+    pub fn sessions(&self) -> Vec<(String, SessionId)> {
+        self.lock()
+            .users
+            .iter()
+            .flat_map(|(u, list)| list.iter().map(move |h| (u.clone(), h.id)))
+            .collect()
+    }
+
+    /// Pushes a broadcast to every local session but `except`.
+    pub fn push_everyone(&self, event: &Arc<Event>, except: Option<SessionId>) -> usize {
+        let inner = self.lock();
+        self.push_all(
+            inner
+                .users
+                .values()
+                .flatten()
+                .filter(|h| Some(h.id) != except),
+            event,
+        )
+    }
+
+    /// Live local sessions of `user`.
+    pub fn count(&self, user: &str) -> usize {
+        self.lock().users.get(user).map_or(0, Vec::len)
+    }
+
+    /// Adds a session to a room; returns true if it is the room's first
+    /// local member (so the relay must hear of it).
+    pub fn join(&self, room: &str, handle: SessionHandle) -> bool {
+        let mut inner = self.lock();
+        let members = inner.rooms.entry(room.to_owned()).or_default();
+        if members.iter().any(|h| h.id == handle.id) {
+            return false;
+        }
+        members.push(handle);
+        members.len() == 1
+    }
+
+    /// Removes a session from a room; returns true if the room has no local
+    /// member left (so the relay must hear of it).
+    pub fn leave(&self, room: &str, id: SessionId) -> bool {
+        Self::leave_locked(&mut self.lock(), room, id)
+    }
+
+    fn leave_locked(inner: &mut Inner, room: &str, id: SessionId) -> bool {
+        let Some(members) = inner.rooms.get_mut(room) else {
+            return false;
+        };
+        let before = members.len();
+        members.retain(|h| h.id != id);
+        let emptied = members.is_empty() && before > 0;
+        if members.is_empty() {
+            inner.rooms.remove(room);
+        }
+        emptied
+    }
+
+    /// Pushes a room message to every local member but `except`.
+    pub fn push_room(&self, room: &str, event: &Arc<Event>, except: Option<SessionId>) -> usize {
+        let inner = self.lock();
+        let Some(members) = inner.rooms.get(room) else {
+            return 0;
+        };
+        self.push_all(members.iter().filter(|h| Some(h.id) != except), event)
+    }
+
+    /// Rooms with at least one local member (told to a relay on (re)link).
+    pub fn rooms(&self) -> Vec<String> {
+        self.lock().rooms.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shared::link::RoomMsg;
+
+    fn handle(id: u64, cap: usize) -> (SessionHandle, mpsc::Receiver<Out>) {
+        let (tx, rx) = mpsc::channel(cap);
+        (
+            SessionHandle {
+                id: SessionId(id),
+                tx,
+                kick: CancellationToken::new(),
+            },
+            rx,
+        )
+    }
+
+    fn event() -> Arc<Event> {
+        Arc::new(Event::Room(RoomMsg {
+            room: "r".into(),
+            from: "a".into(),
+            id: "m".into(),
+            ts: 1,
+            text: "t".into(),
+        }))
+    }
+
+    #[test]
+    fn pushes_reach_every_session_but_the_excepted_one() {
+        let hub = Hub::new(Metrics::default());
+        let (a1, mut r1) = handle(1, 4);
+        let (a2, mut r2) = handle(2, 4);
+        hub.add("alice", a1);
+        hub.add("alice", a2);
+        assert_eq!(hub.push_user("alice", &event(), Some(SessionId(1))), 1);
+        assert!(r1.try_recv().is_err());
+        assert!(r2.try_recv().is_ok());
+        assert_eq!(hub.count("alice"), 2);
+        hub.remove("alice", SessionId(1), &[]);
+        assert_eq!(hub.count("alice"), 1);
+    }
+
+    #[test]
+    fn a_full_queue_kicks_the_session() {
+        let metrics = Metrics::default();
+        let hub = Hub::new(metrics.clone());
+        let (h, _rx) = handle(1, 1);
+        let kick = h.kick.clone();
+        hub.add("bob", h);
+        assert_eq!(hub.push_user("bob", &event(), None), 1);
+        assert_eq!(hub.push_user("bob", &event(), None), 0);
+        assert!(kick.is_cancelled());
+        assert_eq!(metrics.slow_consumers.get(), 1);
+    }
+
+    #[test]
+    fn rooms_report_first_join_and_last_leave() {
+        let hub = Hub::new(Metrics::default());
+        let (a, _ra) = handle(1, 4);
+        let (b, _rb) = handle(2, 4);
+        assert!(hub.join("lobby", a.clone()));
+        assert!(!hub.join("lobby", a));
+        assert!(!hub.join("lobby", b));
+        assert!(!hub.leave("lobby", SessionId(1)));
+        assert_eq!(
+            hub.remove("x", SessionId(2), &["lobby".to_owned()]),
+            vec!["lobby".to_owned()]
+        );
+        assert!(hub.rooms().is_empty());
+    }
+}

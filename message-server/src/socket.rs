@@ -1,0 +1,17 @@
+//! Socket options every client connection gets.
+
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::TcpStream;
+
+/// TCP keepalive: the kernel notices a peer that vanished without a FIN
+/// (cable pulled, machine gone) even when the session is quiet.
+pub fn keepalive(stream: &TcpStream) {
+    let ka = TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10));
+    if let Err(e) = SockRef::from(stream).set_tcp_keepalive(&ka) {
+        tracing::debug!(error = %e, "could not set TCP keepalive");
+    }
+}

@@ -1,0 +1,95 @@
+//! What every task of one server shares: identity, limits, handles on the
+//! hub, Redis, the router and the relay links, and the id generators.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use shared::ids::SessionId;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+use crate::directory::Directory;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::relay_link::Links;
+use crate::router::Job;
+use crate::store::Store;
+
+/// How users prove who they are.
+#[derive(Clone)]
+pub enum Login {
+    /// `--insecure-login`: any `LOGIN <user>` is accepted (and may broadcast).
+    Insecure,
+    /// Tokens signed with this secret are required.
+    Token(Arc<crate::auth::TokenAuth>),
+}
+
+/// Shared state of one server.
+pub struct State {
+    pub server_id: String,
+    pub epoch: u64,
+    pub limits: Limits,
+    pub login: Login,
+    pub hub: Arc<Hub>,
+    pub directory: Directory,
+    pub store: Store,
+    pub router: mpsc::Sender<Job>,
+    pub links: Arc<Links>,
+    pub relays: usize,
+    pub metrics: Metrics,
+    /// One permit per client connection: the cap.
+    pub permits: Arc<Semaphore>,
+    pub max_connections: usize,
+    pub ids: Ids,
+    pub echo: bool,
+    pub shutdown: CancellationToken,
+}
+
+/// Makes session and message ids unique across the cluster: a per-start
+/// random prefix, and a counter.
+pub struct Ids {
+    prefix: String,
+    base: u64,
+    next: AtomicU64,
+}
+
+impl Ids {
+    pub fn new(epoch: u64) -> Ids {
+        let salt: u16 = rand::random();
+        Ids {
+            prefix: format!("{epoch:x}{salt:04x}"),
+            base: rand::random::<u64>() & !0xffff_ffff,
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// A new session id.
+    pub fn session(&self) -> SessionId {
+        SessionId(self.base | (self.next.fetch_add(1, Ordering::Relaxed) & 0xffff_ffff))
+    }
+
+    /// A new message id.
+    pub fn message(&self) -> String {
+        format!(
+            "{}-{:x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_do_not_repeat() {
+        let ids = Ids::new(1_700_000_000_000);
+        let a = ids.message();
+        let b = ids.message();
+        assert_ne!(a, b);
+        assert_ne!(ids.session(), ids.session());
+        shared::ids::check_name(&a).expect("message ids are valid names");
+    }
+}

@@ -1,0 +1,214 @@
+//! Accepting links: the accept loop and the handshake.
+//!
+//! The loop only accepts, applies the `--max-links` cap and spawns; a
+//! failing `accept` (out of file descriptors, say) backs off and retries, and
+//! nothing a peer sends can reach it. Each connection's task then runs the
+//! handshake under `--handshake-timeout-ms`:
+//!
+//! ```text
+//! relay -> Challenge { LINK_VERSION, fresh nonce }
+//! peer  -> Hello { version, server_id, epoch, addrs, auth }
+//! relay -> Welcome (then crate::link)  or  Refused { reason } and close
+//! ```
+//!
+//! Refusals are logged at warn with the peer and the reason and counted in
+//! `relay_links_refused_total{reason}`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use shared::codec::LinkCodec;
+use shared::link::{Frame, LINK_VERSION, NONCE_LEN, verify_auth};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::codec::Framed;
+use tracing::{Instrument, Span, debug, info_span, warn};
+
+use crate::Ctx;
+use crate::link::{Accepted, LinkFramed};
+use crate::metrics::RefuseReason;
+
+/// Longest address a server may report (they end up in logs and `/servers`).
+const MAX_ADDR_LEN: usize = 256;
+
+/// Time to tell a refused peer why, before closing anyway.
+const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Accepts connections until shutdown.
+pub(crate) async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(ctx.config.max_links));
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(10);
+                pair
+            }
+            Err(error) => {
+                warn!(%error, ?backoff, "accept failed; retrying");
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            ctx.metrics.refused(RefuseReason::Full);
+            warn!(%peer, limit = ctx.config.max_links, "connection refused: relay at --max-links");
+            drop(stream);
+            continue;
+        };
+        let span = info_span!(
+            "link",
+            %peer,
+            server = tracing::field::Empty,
+            epoch = tracing::field::Empty
+        );
+        ctx.tracker
+            .spawn(connection(ctx.clone(), stream, peer, slot).instrument(span));
+    }
+}
+
+/// One connection: handshake, then the link.
+async fn connection(
+    ctx: Arc<Ctx>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+) {
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "set_nodelay failed");
+    }
+    let mut framed = Framed::new(stream, LinkCodec::new(ctx.config.max_frame));
+    let result = tokio::select! {
+        _ = ctx.shutdown.cancelled() => return,
+        r = tokio::time::timeout(ctx.config.handshake_timeout, handshake(&ctx, &mut framed)) => r,
+    };
+    let refusal = match result {
+        Ok(Ok(hello)) => return crate::link::run(ctx, framed, hello).await,
+        Ok(Err(refusal)) => refusal,
+        Err(_) => Refusal::new(RefuseReason::Timeout, "no hello in time"),
+    };
+    let Some(reason) = refusal.reason else {
+        debug!(%peer, "connection closed before hello");
+        return;
+    };
+    ctx.metrics.refused(reason);
+    warn!(reason = reason.label(), detail = %refusal.detail, "link refused");
+    // Tell the peer why (not for garbage: it would not understand), then
+    // close the socket.
+    let told = async {
+        if reason != RefuseReason::Malformed {
+            framed
+                .send(Frame::Refused {
+                    reason: refusal.detail.clone(),
+                })
+                .await
+                .ok();
+        }
+        framed.get_mut().shutdown().await.ok();
+    };
+    let _ = tokio::time::timeout(REFUSE_TIMEOUT, told).await;
+}
+
+/// Why a handshake failed. `reason` is `None` when the peer just left.
+#[derive(Debug)]
+struct Refusal {
+    reason: Option<RefuseReason>,
+    /// A sentence for the log and the `Refused` frame.
+    detail: String,
+}
+
+impl Refusal {
+    fn new(reason: RefuseReason, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            reason: Some(reason),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Sends the challenge and checks the answer.
+async fn handshake(ctx: &Ctx, framed: &mut LinkFramed) -> Result<Accepted, Refusal> {
+    let nonce: [u8; NONCE_LEN] = rand::random();
+    framed
+        .send(Frame::Challenge {
+            version: LINK_VERSION,
+            nonce,
+        })
+        .await
+        .map_err(|_| Refusal {
+            reason: None,
+            detail: "closed".into(),
+        })?;
+    let frame = match framed.next().await {
+        Some(Ok(frame)) => frame,
+        Some(Err(error)) => {
+            return Err(Refusal::new(
+                RefuseReason::Malformed,
+                format!("bad handshake frame: {error}"),
+            ));
+        }
+        None => {
+            return Err(Refusal {
+                reason: None,
+                detail: "closed".into(),
+            });
+        }
+    };
+    let Frame::Hello {
+        version,
+        server_id,
+        epoch,
+        addrs,
+        auth,
+    } = frame
+    else {
+        return Err(Refusal::new(
+            RefuseReason::Protocol,
+            format!("expected hello, got {}", frame.kind()),
+        ));
+    };
+    if version != LINK_VERSION {
+        return Err(Refusal::new(
+            RefuseReason::Version,
+            format!("link version {version} is not supported; this relay speaks {LINK_VERSION}"),
+        ));
+    }
+    if let Err(error) = shared::ids::check_name(&server_id) {
+        return Err(Refusal::new(
+            RefuseReason::Name,
+            format!("invalid server id: {error}"),
+        ));
+    }
+    if addrs.ws.len() > MAX_ADDR_LEN || addrs.tcp.len() > MAX_ADDR_LEN {
+        return Err(Refusal::new(
+            RefuseReason::Protocol,
+            format!("server addresses longer than {MAX_ADDR_LEN} bytes"),
+        ));
+    }
+    // A valid name is short and safe to log.
+    let span = Span::current();
+    span.record("server", server_id.as_str());
+    span.record("epoch", epoch);
+    if !verify_auth(&ctx.secret, &nonce, &server_id, epoch, &auth) {
+        return Err(Refusal::new(
+            RefuseReason::Auth,
+            "authentication failed (link secret mismatch)",
+        ));
+    }
+    Ok(Accepted {
+        server_id,
+        epoch,
+        addrs,
+    })
+}

@@ -1,0 +1,197 @@
+//! The relay's configuration: every flag, its environment variable and its
+//! default in one typed struct.
+//!
+//! Each flag `--foo-bar` can also be given as `SB_FOO_BAR`. Durations are
+//! whole milliseconds on the command line (`--heartbeat-ms 1000`) and
+//! [`Duration`]s in the struct, so tests set them directly. The defaults are
+//! the laptop defaults of DESIGN.md; [`Config::default`] is the same set
+//! without reading the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use shared::codec::DEFAULT_MAX_FRAME;
+
+/// Default link listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9000";
+/// Default admin HTTP listener.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:9080";
+/// Default Redis URL.
+pub const DEFAULT_REDIS: &str = "redis://127.0.0.1:6379/";
+
+/// Switchboard relay: routes frames between message servers, checks their
+/// heartbeats and purges the Redis entries of servers that die.
+#[derive(clap::Parser, Clone, Debug, PartialEq, Eq)]
+#[command(name = "relay-server", version, about, long_about = None)]
+pub struct Config {
+    /// Address message servers link to (port 0 picks a free port).
+    #[arg(long, env = "SB_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Address of the admin HTTP endpoint: /healthz, /servers, /metrics.
+    #[arg(long, env = "SB_ADMIN", default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+
+    /// Redis URL (directory, registry, inboxes).
+    #[arg(long, env = "SB_REDIS", default_value = DEFAULT_REDIS)]
+    pub redis: String,
+
+    /// File holding the shared link secret (one trailing newline is ignored).
+    /// Without it the relay accepts only servers that have no secret either.
+    #[arg(long, env = "SB_LINK_SECRET_FILE")]
+    pub link_secret_file: Option<PathBuf>,
+
+    /// This relay's name, sent to servers in `Welcome` and shown in logs.
+    #[arg(long, env = "SB_RELAY_ID", default_value = "relay")]
+    pub relay_id: String,
+
+    /// Interval between heartbeat pings on every link, in milliseconds.
+    #[arg(long = "heartbeat-ms", env = "SB_HEARTBEAT_MS", default_value = "1000", value_parser = parse_ms)]
+    pub heartbeat: Duration,
+
+    /// A link that sends nothing for this long (ms) is dead; so is one that
+    /// accepts nothing we write for this long.
+    #[arg(long = "dead-after-ms", env = "SB_DEAD_AFTER_MS", default_value = "3000", value_parser = parse_ms)]
+    pub dead_after: Duration,
+
+    /// After a link dies, how long (ms) the server has to link again with the
+    /// same epoch before its sessions are purged from Redis.
+    #[arg(long = "purge-grace-ms", env = "SB_PURGE_GRACE_MS", default_value = "1000", value_parser = parse_ms)]
+    pub purge_grace: Duration,
+
+    /// Interval (ms) between sweeps of the server registry for servers that
+    /// died while no relay watched them.
+    #[arg(long = "sweep-interval-ms", env = "SB_SWEEP_INTERVAL_MS", default_value = "5000", value_parser = parse_ms)]
+    pub sweep_interval: Duration,
+
+    /// A registry entry whose `seen` is older than this (ms), for a server
+    /// not linked here, belongs to a dead server and is purged by the sweep.
+    #[arg(long = "stale-after-ms", env = "SB_STALE_AFTER_MS", default_value = "10000", value_parser = parse_ms)]
+    pub stale_after: Duration,
+
+    /// Time (ms) a new connection has to complete the link handshake.
+    #[arg(long = "handshake-timeout-ms", env = "SB_HANDSHAKE_TIMEOUT_MS", default_value = "5000", value_parser = parse_ms)]
+    pub handshake_timeout: Duration,
+
+    /// Largest link frame body in bytes; a longer length prefix closes the link.
+    #[arg(long, env = "SB_MAX_FRAME", default_value_t = DEFAULT_MAX_FRAME)]
+    pub max_frame: usize,
+
+    /// Frames queued towards one server before new ones are dropped (they
+    /// stay durable in the recipient's inbox).
+    #[arg(long, env = "SB_LINK_QUEUE", default_value_t = 8192)]
+    pub link_queue: usize,
+
+    /// Most connections (linked or in handshake) at once; more are closed.
+    #[arg(long, env = "SB_MAX_LINKS", default_value_t = 1024)]
+    pub max_links: usize,
+}
+
+fn parse_ms(s: &str) -> Result<Duration, String> {
+    s.trim()
+        .parse::<u64>()
+        .map(Duration::from_millis)
+        .map_err(|e| format!("expected whole milliseconds: {e}"))
+}
+
+impl Default for Config {
+    /// The flag defaults, without reading the command line or environment.
+    fn default() -> Self {
+        let addr = |s: &str| match s.parse() {
+            Ok(a) => a,
+            Err(_) => unreachable!("the default addresses are valid"),
+        };
+        Config {
+            listen: addr(DEFAULT_LISTEN),
+            admin: addr(DEFAULT_ADMIN),
+            redis: DEFAULT_REDIS.to_owned(),
+            link_secret_file: None,
+            relay_id: "relay".to_owned(),
+            heartbeat: Duration::from_millis(1000),
+            dead_after: Duration::from_millis(3000),
+            purge_grace: Duration::from_millis(1000),
+            sweep_interval: Duration::from_millis(5000),
+            stale_after: Duration::from_millis(10_000),
+            handshake_timeout: Duration::from_millis(5000),
+            max_frame: DEFAULT_MAX_FRAME,
+            link_queue: 8192,
+            max_links: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Checks the values clap cannot: what would otherwise panic (a zero
+    /// interval, a zero-sized queue) or make no sense (dead before the first
+    /// heartbeat is due).
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--heartbeat-ms", self.heartbeat),
+            ("--dead-after-ms", self.dead_after),
+            ("--sweep-interval-ms", self.sweep_interval),
+            ("--stale-after-ms", self.stale_after),
+            ("--handshake-timeout-ms", self.handshake_timeout),
+        ];
+        for (flag, value) in positive {
+            if value.is_zero() {
+                return Err(format!("{flag} must be above 0"));
+            }
+        }
+        if self.dead_after <= self.heartbeat {
+            return Err("--dead-after-ms must be longer than --heartbeat-ms".into());
+        }
+        if self.link_queue == 0 || self.max_links == 0 {
+            return Err("--link-queue and --max-links must be above 0".into());
+        }
+        if self.max_frame < 64 {
+            return Err("--max-frame must be at least 64 bytes".into());
+        }
+        shared::ids::check_name(&self.relay_id).map_err(|e| format!("--relay-id: {e}"))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn default_matches_the_flag_defaults() {
+        // The environment may carry SB_* variables on a developer machine;
+        // the comparison only means something without them.
+        if std::env::vars().any(|(k, _)| k.starts_with("SB_")) {
+            return;
+        }
+        let parsed = Config::try_parse_from(["relay-server"]).expect("defaults parse");
+        assert_eq!(parsed, Config::default());
+        assert_eq!(parsed.validate(), Ok(()));
+    }
+
+    #[test]
+    fn durations_are_milliseconds() {
+        let c = Config::try_parse_from(["relay-server", "--heartbeat-ms", "250"]).expect("parse");
+        assert_eq!(c.heartbeat, Duration::from_millis(250));
+        assert!(Config::try_parse_from(["relay-server", "--heartbeat-ms", "1s"]).is_err());
+    }
+
+    #[test]
+    fn nonsense_is_refused() {
+        let c = Config {
+            heartbeat: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            dead_after: Duration::from_millis(500),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            link_queue: 0,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! Liveness of one link: when the server was last heard from, whether what
+//! we write to it is being taken, the heartbeat counter, and the verdict.
+//!
+//! Both sides ping every heartbeat, and any frame counts as a sign of life,
+//! so a busy link needs no extra traffic. A link is dead when nothing was
+//! received for `dead_after`, or when frames have waited in the socket for
+//! `dead_after` without it taking a byte (a server that stopped reading).
+//! The link task ([`crate::link`]) asks [`Liveness::deadline`] when to look
+//! again and [`Liveness::verdict`] what it sees then.
+
+use std::time::Duration;
+
+use shared::link::Frame;
+use tokio::time::Instant;
+
+/// Why a link was declared dead by its health check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Death {
+    /// Nothing received for `dead_after`.
+    Silent,
+    /// Nothing we wrote was taken for `dead_after`.
+    Stalled,
+}
+
+/// The health state of one link.
+#[derive(Debug)]
+pub struct Liveness {
+    dead_after: Duration,
+    last_heard: Instant,
+    /// Since when written frames have waited without progress; `None` when
+    /// everything is flushed.
+    stuck_since: Option<Instant>,
+    pings: u64,
+}
+
+impl Liveness {
+    /// A link that was just heard from (its `Hello`).
+    pub fn new(dead_after: Duration, now: Instant) -> Liveness {
+        Liveness {
+            dead_after,
+            last_heard: now,
+            stuck_since: None,
+            pings: 0,
+        }
+    }
+
+    /// A frame arrived.
+    pub fn heard(&mut self, now: Instant) {
+        self.last_heard = now;
+    }
+
+    /// When the last frame arrived.
+    pub fn last_heard(&self) -> Instant {
+        self.last_heard
+    }
+
+    /// The socket took data; `flushed` when nothing waits any more.
+    pub fn wrote(&mut self, now: Instant, flushed: bool) {
+        self.stuck_since = if flushed { None } else { Some(now) };
+    }
+
+    /// Data is waiting to be written (the clock starts if it was not running).
+    pub fn writing(&mut self, now: Instant) {
+        self.stuck_since.get_or_insert(now);
+    }
+
+    /// The next heartbeat frame.
+    pub fn next_ping(&mut self) -> Frame {
+        self.pings = self.pings.wrapping_add(1);
+        Frame::Ping(self.pings)
+    }
+
+    /// The earliest instant the link could be dead.
+    pub fn deadline(&self) -> Instant {
+        let heard = self.last_heard + self.dead_after;
+        match self.stuck_since {
+            Some(since) => heard.min(since + self.dead_after),
+            None => heard,
+        }
+    }
+
+    /// Whether the link is dead at `now`.
+    pub fn verdict(&self, now: Instant) -> Option<Death> {
+        if now >= self.last_heard + self.dead_after {
+            return Some(Death::Silent);
+        }
+        match self.stuck_since {
+            Some(since) if now >= since + self.dead_after => Some(Death::Stalled),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEAD: Duration = Duration::from_secs(3);
+
+    #[test]
+    fn silence_kills_and_any_frame_revives() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(DEAD, t0);
+        assert_eq!(l.deadline(), t0 + DEAD);
+        assert_eq!(l.verdict(t0 + Duration::from_secs(2)), None);
+        l.heard(t0 + Duration::from_secs(2));
+        assert_eq!(l.verdict(t0 + Duration::from_secs(4)), None);
+        assert_eq!(l.verdict(t0 + Duration::from_secs(5)), Some(Death::Silent));
+    }
+
+    #[test]
+    fn a_peer_that_stops_reading_is_dead_too() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(DEAD, t0);
+        l.writing(t0 + Duration::from_secs(1));
+        // Still sending to us, but never reading.
+        l.heard(t0 + Duration::from_secs(3));
+        l.writing(t0 + Duration::from_secs(3));
+        assert_eq!(l.deadline(), t0 + Duration::from_secs(4));
+        assert_eq!(l.verdict(t0 + Duration::from_secs(4)), Some(Death::Stalled));
+        l.wrote(t0 + Duration::from_secs(4), true);
+        assert_eq!(l.verdict(t0 + Duration::from_secs(4)), None);
+    }
+
+    #[test]
+    fn pings_count_up() {
+        let mut l = Liveness::new(DEAD, Instant::now());
+        assert_eq!(l.next_ping(), Frame::Ping(1));
+        assert_eq!(l.next_ping(), Frame::Ping(2));
+    }
+}

@@ -1,0 +1,373 @@
+//! One task per link, from `Welcome` to clean-up.
+//!
+//! After the handshake ([`crate::accept`]) the task registers the server in
+//! the routing table and runs one `select!` over:
+//!
+//! - frames from the server: `Deliver` and `Room` are forwarded, `Interest`
+//!   updates the table, `Ping` is answered, `Bye` ends the link;
+//! - the link's bounded outbound queue, written by a pump that feeds every
+//!   frame available and then flushes once (batching), and that runs beside
+//!   reading, so a server that is slow to read never stops us reading it;
+//! - the heartbeat interval (`Ping`) and the liveness deadline
+//!   ([`crate::health`]);
+//! - the relay's shutdown (we send `Bye`) and this link's own close signal
+//!   (a newer link of the same server replaced it).
+//!
+//! When the loop ends, the route is removed (if it is still this link's) and
+//! a link that ended without `Bye` is handed to [`crate::purge`].
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
+use shared::codec::{LinkCodec, LinkCodecError};
+use shared::link::{Frame, ServerAddrs};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::Ctx;
+use crate::health::{Death, Liveness};
+use crate::metrics::DropReason;
+use crate::routes::{Interest, Outcome, Route};
+
+/// A link's framed socket.
+pub(crate) type LinkFramed = Framed<TcpStream, LinkCodec>;
+
+type Sink = SplitSink<LinkFramed, Frame>;
+
+/// Frames fed per pump turn before it flushes and yields to the other arms.
+const MAX_BATCH: usize = 256;
+
+/// Pings and pongs waiting to be written. Pongs beyond this are dropped: a
+/// peer pinging faster than we can answer learns it from the missing pongs.
+const CONTROL_CAP: usize = 64;
+
+/// Time to send `Bye` and close at shutdown.
+const BYE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A server that passed the handshake.
+#[derive(Debug, Clone)]
+pub(crate) struct Accepted {
+    pub server_id: String,
+    pub epoch: u64,
+    pub addrs: ServerAddrs,
+}
+
+/// Why a link ended.
+#[derive(Debug)]
+enum End {
+    /// The server said `Bye`.
+    Bye,
+    /// The relay is shutting down; we said `Bye`.
+    Shutdown,
+    /// A newer link of the same server took over.
+    Replaced,
+    /// The server closed the socket without `Bye`.
+    Eof,
+    /// Socket error, malformed or oversized frame.
+    Broken(LinkCodecError),
+    /// A handshake frame after the handshake.
+    Protocol(&'static str),
+    /// The health check declared it dead.
+    Dead(Death),
+}
+
+impl End {
+    /// Whether the server went away without saying so: then its Redis
+    /// entries are purged unless it links again in time.
+    fn is_death(&self) -> bool {
+        !matches!(self, End::Bye | End::Shutdown | End::Replaced)
+    }
+}
+
+/// Runs a link from `Welcome` to its end. Called inside the link's span.
+pub(crate) async fn run(ctx: Arc<Ctx>, mut framed: LinkFramed, hello: Accepted) {
+    let Accepted {
+        server_id,
+        epoch,
+        addrs,
+    } = hello;
+
+    // Welcome first, so it precedes every frame queued to this server.
+    let welcome = Frame::Welcome {
+        relay_id: ctx.config.relay_id.clone(),
+    };
+    match tokio::time::timeout(ctx.config.dead_after, framed.send(welcome)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            info!(%error, "link lost before welcome");
+            return;
+        }
+        Err(_) => {
+            info!("link lost: welcome not taken in time");
+            return;
+        }
+    }
+
+    let (tx, rx) = mpsc::channel(ctx.config.link_queue);
+    let close = CancellationToken::new();
+    let link = ctx.routes.next_link();
+    let route = Route {
+        link,
+        epoch,
+        addrs: addrs.clone(),
+        tx,
+        close: close.clone(),
+        since: SystemTime::now(),
+    };
+    if let Some(old) = ctx.routes.insert(&server_id, route) {
+        old.close.cancel();
+        info!(
+            old_epoch = old.epoch,
+            "link replaces an older link of this server"
+        );
+    }
+    ctx.metrics.set_links(ctx.routes.len());
+    info!(ws = %addrs.ws, tcp = %addrs.tcp, "link up");
+
+    let mut live = Liveness::new(ctx.config.dead_after, Instant::now());
+    let end = serve(&ctx, &server_id, link, framed, rx, &close, &mut live).await;
+
+    ctx.routes.remove(&server_id, link);
+    ctx.metrics.set_links(ctx.routes.len());
+    match &end {
+        End::Bye => info!("link down: server said bye"),
+        End::Shutdown => info!("link closed: relay shutting down"),
+        End::Replaced => info!("link closed: replaced by a newer link"),
+        End::Eof => info!("link down: closed without bye"),
+        End::Broken(error) => warn!(%error, "link down: broken"),
+        End::Protocol(kind) => warn!(frame = kind, "link down: handshake frame after handshake"),
+        End::Dead(Death::Silent) => warn!(
+            silent_ms = live.last_heard().elapsed().as_millis() as u64,
+            "link down: heartbeat lost"
+        ),
+        End::Dead(Death::Stalled) => warn!("link down: server stopped reading"),
+    }
+    if end.is_death() {
+        crate::purge::schedule(&ctx, server_id, epoch, live.last_heard());
+    }
+}
+
+/// The link's loop; returns why it ended.
+async fn serve(
+    ctx: &Ctx,
+    server_id: &str,
+    link: u64,
+    framed: LinkFramed,
+    mut rx: mpsc::Receiver<Frame>,
+    close: &CancellationToken,
+    live: &mut Liveness,
+) -> End {
+    let (mut sink, mut stream) = framed.split::<Frame>();
+    let mut control: VecDeque<Frame> = VecDeque::with_capacity(CONTROL_CAP);
+    let mut dirty = false;
+    let mut warned_rooms = false;
+
+    let period = ctx.config.heartbeat;
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let dead = tokio::time::sleep_until(live.deadline());
+    tokio::pin!(dead);
+
+    let end = loop {
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => break End::Shutdown,
+            _ = close.cancelled() => break End::Replaced,
+            input = stream.next() => match input {
+                Some(Ok(frame)) => {
+                    live.heard(Instant::now());
+                    let mut input = Input {
+                        ctx,
+                        server_id,
+                        link,
+                        control: &mut control,
+                        warned_rooms: &mut warned_rooms,
+                    };
+                    if let Some(end) = input.handle(frame) {
+                        break end;
+                    }
+                }
+                Some(Err(error)) => break End::Broken(error),
+                None => break End::Eof,
+            },
+            pumped = std::future::poll_fn(|cx| pump(cx, &mut sink, &mut rx, &mut control, &mut dirty, live)) => {
+                match pumped {
+                    // Every sender is gone: the table dropped this route.
+                    Ok(()) => break End::Replaced,
+                    Err(error) => break End::Broken(error),
+                }
+            }
+            _ = heartbeat.tick() => push_control(&mut control, live.next_ping()),
+            () = &mut dead => {
+                if let Some(death) = live.verdict(Instant::now()) {
+                    break End::Dead(death);
+                }
+                dead.as_mut().reset(live.deadline());
+            }
+        }
+    };
+
+    if matches!(end, End::Shutdown) {
+        // Whatever is already buffered goes first, then Bye, then FIN.
+        let bye = async {
+            sink.send(Frame::Bye).await?;
+            sink.close().await
+        };
+        match tokio::time::timeout(BYE_TIMEOUT, bye).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => debug!(%error, "bye not delivered"),
+            Err(_) => debug!("bye not taken in time"),
+        }
+    }
+    end
+}
+
+fn push_control(control: &mut VecDeque<Frame>, frame: Frame) {
+    if control.len() < CONTROL_CAP {
+        control.push_back(frame);
+    }
+}
+
+/// Moves frames into the socket: control frames first, then every queued
+/// frame available now (up to [`MAX_BATCH`]), then one flush. Pending while
+/// there is nothing to do; ready only when the queue closed (`Ok`) or the
+/// socket failed (`Err`).
+fn pump(
+    cx: &mut Context<'_>,
+    sink: &mut Sink,
+    rx: &mut mpsc::Receiver<Frame>,
+    control: &mut VecDeque<Frame>,
+    dirty: &mut bool,
+    live: &mut Liveness,
+) -> Poll<Result<(), LinkCodecError>> {
+    let mut fed = 0;
+    loop {
+        if fed < MAX_BATCH {
+            match sink.poll_ready_unpin(cx) {
+                Poll::Ready(Ok(())) => {
+                    let next = match control.pop_front() {
+                        Some(frame) => Some(frame),
+                        None => match rx.poll_recv(cx) {
+                            Poll::Ready(Some(frame)) => Some(frame),
+                            Poll::Ready(None) => return Poll::Ready(Ok(())),
+                            Poll::Pending => None,
+                        },
+                    };
+                    if let Some(frame) = next {
+                        sink.start_send_unpin(frame)?;
+                        let now = Instant::now();
+                        if *dirty {
+                            // The socket took the previous frames' bytes.
+                            live.wrote(now, false);
+                        } else {
+                            live.writing(now);
+                        }
+                        *dirty = true;
+                        fed += 1;
+                        continue;
+                    }
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => {}
+            }
+        }
+        if *dirty {
+            match sink.poll_flush_unpin(cx) {
+                Poll::Ready(Ok(())) => {
+                    *dirty = false;
+                    live.wrote(Instant::now(), true);
+                    if fed < MAX_BATCH {
+                        continue;
+                    }
+                }
+                Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        if fed >= MAX_BATCH {
+            // A full batch went out; let reading and the timers have a turn.
+            cx.waker().wake_by_ref();
+        }
+        return Poll::Pending;
+    }
+}
+
+/// Handles one frame from the server.
+struct Input<'a> {
+    ctx: &'a Ctx,
+    server_id: &'a str,
+    link: u64,
+    control: &'a mut VecDeque<Frame>,
+    warned_rooms: &'a mut bool,
+}
+
+impl Input<'_> {
+    /// Returns `Some` when the frame ends the link.
+    fn handle(&mut self, frame: Frame) -> Option<End> {
+        match &frame {
+            Frame::Ping(n) => push_control(self.control, Frame::Pong(*n)),
+            Frame::Pong(_) => {}
+            Frame::Deliver { to_server, .. } => {
+                let to = to_server.clone();
+                let outcome = self.ctx.routes.forward(&to, frame);
+                self.count(outcome, &to);
+            }
+            Frame::Room { msg } => {
+                let outcome = self.ctx.routes.fan_out(self.server_id, &msg.room, &frame);
+                self.count(outcome, &msg.room);
+            }
+            Frame::Interest { room, on } => self.interest(room, *on),
+            Frame::Bye => return Some(End::Bye),
+            Frame::Challenge { .. }
+            | Frame::Hello { .. }
+            | Frame::Welcome { .. }
+            | Frame::Refused { .. } => return Some(End::Protocol(frame.kind())),
+        }
+        None
+    }
+
+    fn interest(&mut self, room: &str, on: bool) {
+        if shared::ids::check_name(room).is_err() {
+            debug!(on, "ignoring interest in an invalid room name");
+            return;
+        }
+        match self
+            .ctx
+            .routes
+            .set_interest(self.server_id, self.link, room, on)
+        {
+            Interest::Done | Interest::Stale => {}
+            Interest::TooMany => {
+                if !*self.warned_rooms {
+                    *self.warned_rooms = true;
+                    warn!(
+                        limit = crate::routes::MAX_ROOMS_PER_SERVER,
+                        "server declared too many rooms; ignoring further interests"
+                    );
+                }
+            }
+        }
+    }
+
+    fn count(&self, outcome: Outcome, target: &str) {
+        let m = &self.ctx.metrics;
+        m.forwarded(outcome.forwarded);
+        m.dropped(DropReason::NoRoute, outcome.no_route);
+        m.dropped(DropReason::QueueFull, outcome.queue_full);
+        if outcome.no_route + outcome.queue_full > 0 {
+            debug!(
+                target,
+                no_route = outcome.no_route,
+                queue_full = outcome.queue_full,
+                "frame dropped"
+            );
+        }
+    }
+}

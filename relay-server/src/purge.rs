@@ -1,0 +1,227 @@
+//! Removing what dead servers left in Redis: after a link dies, and by a
+//! periodic sweep of the registry.
+//!
+//! - **After a death** (a link ended without `Bye`): wait `--purge-grace-ms`;
+//!   if the server has not linked again with the same epoch, run
+//!   [`keys::PURGE_SERVER`] in `epoch` mode, retrying on Redis errors. The
+//!   time from the server's last frame to the end of the purge goes into
+//!   `relay_purge_seconds`.
+//! - **The sweep** (at start-up and every `--sweep-interval-ms`) catches
+//!   servers that died while no relay watched them: an id in `sb:servers`
+//!   whose entry expired is purged with [`keys::PURGE_GONE`] (every epoch);
+//!   an entry whose `seen` is older than `--stale-after-ms`, for a server not
+//!   linked here, is purged in `epoch` mode.
+//!
+//! Both scripts are idempotent and compare epochs, so several relays
+//! purging the same server, or a purge racing the server's own restart,
+//! remove nothing that is alive. (A live server whose entry was purged by
+//! mistake finds its entry missing at its next refresh and writes its
+//! sessions again.)
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{RedisResult, Script};
+use shared::keys;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::Ctx;
+use crate::registry::{self, Entry};
+
+/// The purge scripts, hashed once.
+pub(crate) struct Scripts {
+    purge: Script,
+    gone: Script,
+}
+
+impl Scripts {
+    pub(crate) fn new() -> Scripts {
+        Scripts {
+            purge: Script::new(keys::PURGE_SERVER),
+            gone: Script::new(keys::PURGE_GONE),
+        }
+    }
+}
+
+/// Exponential backoff between retries.
+struct Backoff {
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Backoff {
+        Backoff { next: first, max }
+    }
+
+    fn step(&mut self) -> Duration {
+        let now = self.next;
+        self.next = (self.next * 2).min(self.max);
+        now
+    }
+}
+
+/// Schedules the purge of `server`/`epoch`, whose link just died; `last_heard`
+/// is when its last frame arrived.
+pub(crate) fn schedule(ctx: &Arc<Ctx>, server: String, epoch: u64, last_heard: Instant) {
+    let span = info_span!("purge", server = %server, epoch);
+    let ctx2 = ctx.clone();
+    ctx.tracker
+        .spawn(after_death(ctx2, server, epoch, last_heard).instrument(span));
+}
+
+async fn after_death(ctx: Arc<Ctx>, server: String, epoch: u64, last_heard: Instant) {
+    // Leaving a pending purge at shutdown is safe: the sweep of the next
+    // relay finds the entry once it is stale.
+    tokio::select! {
+        _ = ctx.shutdown.cancelled() => {
+            info!("shutting down before the purge grace ended; leaving it to the sweep");
+            return;
+        }
+        _ = tokio::time::sleep(ctx.config.purge_grace) => {}
+    }
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        if ctx.routes.has_epoch(&server, epoch) {
+            info!("server linked again with the same epoch; nothing to purge");
+            return;
+        }
+        match purge_epoch(&ctx, &server, epoch).await {
+            Ok(sessions) => {
+                let since = last_heard.elapsed();
+                ctx.metrics.purged(sessions, Some(since));
+                info!(
+                    sessions,
+                    since_last_frame_ms = since.as_millis() as u64,
+                    "purged dead server"
+                );
+                return;
+            }
+            Err(error) => {
+                ctx.metrics.redis_error();
+                warn!(%error, "purge failed; retrying");
+            }
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => {
+                info!("shutting down with the purge undone; leaving it to the sweep");
+                return;
+            }
+            _ = tokio::time::sleep(backoff.step()) => {}
+        }
+    }
+}
+
+/// [`keys::PURGE_SERVER`] in `epoch` mode; the number of sessions removed.
+async fn purge_epoch(ctx: &Ctx, server: &str, epoch: u64) -> RedisResult<u64> {
+    let mut conn = ctx.redis.clone();
+    let mut call = ctx.scripts.purge.prepare_invoke();
+    call.key(keys::server_sessions(server))
+        .key(keys::server(server))
+        .key(keys::SERVERS)
+        .arg(server)
+        .arg(epoch.to_string())
+        .arg("epoch");
+    let removed: i64 = registry::call(call.invoke_async(&mut conn)).await?;
+    Ok(u64::try_from(removed).unwrap_or(0))
+}
+
+/// [`keys::PURGE_GONE`]; `None` when the entry exists after all.
+async fn purge_gone(ctx: &Ctx, server: &str) -> RedisResult<Option<u64>> {
+    let mut conn = ctx.redis.clone();
+    let mut call = ctx.scripts.gone.prepare_invoke();
+    call.key(keys::server_sessions(server))
+        .key(keys::server(server))
+        .key(keys::SERVERS)
+        .arg(server);
+    let removed: i64 = registry::call(call.invoke_async(&mut conn)).await?;
+    Ok(u64::try_from(removed).ok())
+}
+
+/// Waits until Redis answers (logging once while it does not), then sweeps
+/// now and every `--sweep-interval-ms` until shutdown.
+pub(crate) async fn sweep_loop(ctx: Arc<Ctx>) {
+    if !wait_for_redis(&ctx).await {
+        return;
+    }
+    loop {
+        if let Err(error) = sweep(&ctx).await {
+            ctx.metrics.redis_error();
+            warn!(%error, "registry sweep failed; trying again next interval");
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(ctx.config.sweep_interval) => {}
+        }
+    }
+}
+
+/// Pings Redis with backoff until it answers (`true`) or shutdown (`false`).
+async fn wait_for_redis(ctx: &Ctx) -> bool {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut conn = ctx.redis.clone();
+    let mut failed = false;
+    loop {
+        match registry::ping(&mut conn).await {
+            Ok(()) => {
+                if failed {
+                    info!("redis reachable");
+                }
+                return true;
+            }
+            Err(error) => {
+                ctx.metrics.redis_error();
+                if !failed {
+                    warn!(%error, url = %ctx.config.redis, "redis unreachable; retrying (links are served meanwhile)");
+                    failed = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = ctx.shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(backoff.step()) => {}
+        }
+    }
+}
+
+/// One pass over the registry.
+async fn sweep(ctx: &Ctx) -> RedisResult<()> {
+    let mut conn = ctx.redis.clone();
+    let entries = registry::read_all(&mut conn).await?;
+    let now = registry::now_ms();
+    let stale_ms = u64::try_from(ctx.config.stale_after.as_millis()).unwrap_or(u64::MAX);
+    for (server, entry) in entries {
+        if ctx.shutdown.is_cancelled() {
+            break;
+        }
+        if shared::ids::check_name(&server).is_err() || ctx.routes.is_up(&server) {
+            continue;
+        }
+        match entry {
+            None => {
+                if let Some(sessions) = purge_gone(ctx, &server).await? {
+                    ctx.metrics.purged(sessions, None);
+                    info!(%server, sessions, "swept a server whose registry entry expired");
+                }
+            }
+            Some(Entry {
+                epoch: Some(epoch),
+                seen: Some(seen),
+                ..
+            }) => {
+                let age = now.saturating_sub(seen);
+                if age < stale_ms {
+                    continue;
+                }
+                let sessions = purge_epoch(ctx, &server, epoch).await?;
+                ctx.metrics.purged(sessions, None);
+                info!(%server, epoch, seen_ms_ago = age, sessions, "swept a stale server");
+            }
+            // An entry without epoch or seen was not written by a server;
+            // its TTL will remove it.
+            Some(_) => debug!(%server, "registry entry without epoch or seen; left alone"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,313 @@
+//! The core topology, end to end: real Redis, the real relay and message
+//! servers, real WebSocket and telnet clients (issue 2).
+
+use std::time::Duration;
+
+use switchboard_tests::clients::Seen;
+use switchboard_tests::{Cluster, TcpClient, WsClient, metric};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Parses `MSG <seq> <from> <to> <msg-id> <unix-ms> <text...>`.
+fn msg_parts(line: &str) -> (u64, String, String, String) {
+    let mut it = line.splitn(7, ' ');
+    assert_eq!(it.next(), Some("MSG"), "not a MSG line: {line}");
+    let seq = it.next().and_then(|s| s.parse().ok()).expect("seq");
+    let from = it.next().expect("from").to_owned();
+    let to = it.next().expect("to").to_owned();
+    let _id = it.next().expect("id");
+    let _ts = it.next().expect("ts");
+    let text = it.next().expect("text").to_owned();
+    (seq, from, to, text)
+}
+
+async fn relay_forwarded(c: &Cluster) -> f64 {
+    let (_, page) = c.relay.get("/metrics").await;
+    metric(&page, "relay_frames_forwarded_total").unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_and_telnet_users_on_two_servers_talk_both_ways() {
+    let c = Cluster::start(2).await;
+    let mut alice = WsClient::login(c.server("a").ws, "alice").await;
+    let mut bob = TcpClient::login(c.server("b").tcp, "bob").await;
+
+    alice.send("SEND bob hello from the web").await;
+    let ok = alice.expect_prefix("OK SENT ").await;
+    let line = bob.expect_prefix("MSG ").await;
+    let (seq, from, to, text) = msg_parts(&line);
+    assert_eq!(
+        (from.as_str(), to.as_str(), text.as_str()),
+        ("alice", "bob", "hello from the web")
+    );
+    assert_eq!(
+        ok.split(' ').nth(3).and_then(|s| s.parse::<u64>().ok()),
+        Some(seq),
+        "OK SENT names the recipient's seq"
+    );
+
+    bob.send("SEND alice hi from telnet").await;
+    bob.expect_prefix("OK SENT ").await;
+    let (_, from, _, text) = msg_parts(&alice.expect_prefix("MSG ").await);
+    assert_eq!((from.as_str(), text.as_str()), ("bob", "hi from telnet"));
+    assert!(
+        relay_forwarded(&c).await >= 2.0,
+        "both messages crossed the relay"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_between_users_on_one_server_does_not_cross_the_relay() {
+    let c = Cluster::start(2).await;
+    let a = c.server("a");
+    let mut alice = WsClient::login(a.ws, "alice").await;
+    let mut carol = TcpClient::login(a.tcp, "carol").await;
+    let before_relay = relay_forwarded(&c).await;
+    let before_link = a.metrics.frames_to_relay.get();
+
+    alice.send("SEND carol same server").await;
+    alice.expect_prefix("OK SENT ").await;
+    let (_, from, _, text) = msg_parts(&carol.expect_prefix("MSG ").await);
+    assert_eq!((from.as_str(), text.as_str()), ("alice", "same server"));
+
+    assert_eq!(
+        a.metrics.frames_to_relay.get(),
+        before_link,
+        "no frame left server a"
+    );
+    assert_eq!(
+        relay_forwarded(&c).await,
+        before_relay,
+        "the relay forwarded nothing"
+    );
+    assert!(a.metrics.pushed_local.get() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_between_every_pair_of_three_servers_arrive() {
+    let c = Cluster::start(3).await;
+    let ids = ["a", "b", "c"];
+    let mut users = Vec::new();
+    for id in ids {
+        users.push(WsClient::login(c.server(id).ws, &format!("u{id}")).await);
+    }
+    for (i, from) in ids.iter().enumerate() {
+        for (j, to) in ids.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            users[i]
+                .send(&format!("SEND u{to} from {from} to {to}"))
+                .await;
+            users[i].expect_prefix("OK SENT ").await;
+            let (_, f, t, text) = msg_parts(&users[j].expect_prefix("MSG ").await);
+            assert_eq!((f, t), (format!("u{from}"), format!("u{to}")));
+            assert_eq!(text, format!("from {from} to {to}"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_with_devices_on_two_servers_gets_every_message_on_both() {
+    let c = Cluster::start(3).await;
+    let mut phone = WsClient::login(c.server("a").ws, "dana").await;
+    let mut laptop = TcpClient::login(c.server("b").tcp, "dana").await;
+    let mut erin = WsClient::login(c.server("c").ws, "erin").await;
+
+    for n in 0..5 {
+        erin.send(&format!("SEND dana note {n}")).await;
+        erin.expect_prefix("OK SENT ").await;
+    }
+    for n in 0..5 {
+        let (_, _, _, t1) = msg_parts(&phone.expect_prefix("MSG ").await);
+        let (_, _, _, t2) = msg_parts(&laptop.expect_prefix("MSG ").await);
+        assert_eq!(
+            (t1.as_str(), t2.as_str()),
+            (format!("note {n}").as_str(), format!("note {n}").as_str())
+        );
+    }
+    // What dana sends from her phone shows on her laptop too (not on the phone).
+    phone.send("SEND erin reply from phone").await;
+    phone.expect_prefix("OK SENT ").await;
+    let (_, from, to, text) = msg_parts(&laptop.expect_prefix("MSG ").await);
+    assert_eq!(
+        (from.as_str(), to.as_str(), text.as_str()),
+        ("dana", "erin", "reply from phone")
+    );
+    let (_, from, _, _) = msg_parts(&erin.expect_prefix("MSG ").await);
+    assert_eq!(from, "dana");
+    phone.send("PING").await;
+    assert_eq!(
+        phone.recv().await,
+        "PONG",
+        "the sending device got no copy of its own message"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_tracks_presence_and_closed_sessions_leave_nothing_in_redis() {
+    let c = Cluster::start(2).await;
+    let mut alice = WsClient::login(c.server("a").ws, "alice").await;
+    alice.send("WHO bob").await;
+    assert_eq!(alice.recv().await, "OFFLINE bob");
+
+    let mut bob1 = TcpClient::login(c.server("b").tcp, "bob").await;
+    let bob2 = WsClient::login(c.server("a").ws, "bob").await;
+    alice.send("WHO bob").await;
+    assert_eq!(alice.recv().await, "ONLINE bob 2");
+    alice.send(r#"{"op":"who","user":"bob","cid":"w1"}"#).await;
+    let v: serde_json::Value = serde_json::from_str(&alice.recv().await).expect("json");
+    assert_eq!(
+        (
+            v["online"].as_bool(),
+            v["sessions"].as_u64(),
+            v["cid"].as_str()
+        ),
+        (Some(true), Some(2), Some("w1"))
+    );
+
+    bob1.send("QUIT").await;
+    assert_eq!(bob1.recv().await, "BYE");
+    bob1.expect_closed().await;
+    drop(bob2);
+    let gone = switchboard_tests::eventually(Duration::from_secs(5), || async {
+        c.redis.keys("sb:user:bob").is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        gone.is_some(),
+        "bob's sessions left Redis: {:?}",
+        c.redis.keys("sb:user:*")
+    );
+    alice.send("WHO bob").await;
+    assert_eq!(alice.recv().await, "OFFLINE bob");
+    let mut conn = c.redis.conn();
+    for id in ["a", "b"] {
+        let held: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(format!("sb:srvsess:{id}"))
+            .query(&mut conn)
+            .expect("hgetall");
+        assert!(
+            held.values().all(|v| !v.ends_with(" bob")),
+            "server {id} still lists bob: {held:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_cap_new_clients_are_refused_with_alternatives_and_others_keep_working() {
+    let mut c = Cluster::start_with(1, |cfg| cfg.max_connections = 3).await;
+    c.add_server_with("b", |_| {}).await;
+    // Let server a see b in the registry (refreshed every 2 s).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let a = c.server("a");
+    let mut u1 = WsClient::login(a.ws, "u1").await;
+    let mut u2 = WsClient::login(a.ws, "u2").await;
+    let mut u3 = TcpClient::login(a.tcp, "u3").await;
+
+    // The 4th WebSocket handshake: HTTP 503 with servers that have room.
+    let err = WsClient::connect(a.ws, "/ws").await.err().expect("refused");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            assert_eq!(resp.status().as_u16(), 503);
+            let body: serde_json::Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
+                    .expect("json body");
+            assert_eq!(body["error"], "full");
+            let servers = body["servers"].as_array().expect("servers list");
+            assert!(
+                servers
+                    .iter()
+                    .any(|s| s["id"] == "b" && s["ws"] == c.server("b").ws.to_string()),
+                "{body}"
+            );
+        }
+        other => panic!("expected HTTP 503, got {other:?}"),
+    }
+    // The 4th telnet client: ERR full naming another server.
+    let mut t4 = TcpClient::connect(a.tcp).await;
+    assert_eq!(
+        t4.recv().await,
+        format!("ERR full try {}", c.server("b").tcp)
+    );
+    t4.expect_closed().await;
+
+    // The three sessions keep working.
+    u1.send("SEND u3 still here").await;
+    u1.expect_prefix("OK SENT ").await;
+    assert!(u3.expect_prefix("MSG ").await.ends_with("still here"));
+    u3.send("SEND u2 me too").await;
+    assert!(u2.expect_prefix("MSG ").await.ends_with("me too"));
+    assert!(a.metrics.refused_full.get() >= 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_an_error_and_everyone_keeps_being_served() {
+    let c = Cluster::start(1).await;
+    let a = c.server("a");
+    let mut bystander = WsClient::login(a.ws, "bystander").await;
+
+    // Before login.
+    let mut t = TcpClient::connect(a.tcp).await;
+    t.send("SEND bob hi").await;
+    assert!(t.recv().await.starts_with("ERR login "));
+    t.send("LOGIN mallory").await;
+    t.expect_prefix("OK LOGIN mallory ").await;
+    // Malformed commands: ERR with a code, session lives on.
+    for (line, code) in [
+        ("SEND bob", "ERR syntax "),
+        ("SEND", "ERR syntax "),
+        ("FROBNICATE now", "ERR unknown "),
+        ("{\"op\":", "{\"type\":\"error\""),
+        ("LOGIN again", "ERR login "),
+        ("ACK minus-one", "ERR syntax "),
+    ] {
+        t.send(line).await;
+        let reply = t.recv().await;
+        assert!(reply.starts_with(code), "{line:?} got {reply:?}");
+    }
+    // A 10 MB line: ERR toolong, the rest of the line is skipped, the session lives on.
+    let big = vec![b'x'; 10 * 1024 * 1024];
+    t.send_raw(b"SEND bystander ").await;
+    t.send_raw(&big).await;
+    t.send_raw(b"\r\n").await;
+    assert!(t.recv().await.starts_with("ERR toolong "));
+    t.send("PING").await;
+    assert_eq!(t.recv().await, "PONG");
+    // Invalid UTF-8 on telnet: ERR, session lives on.
+    t.send_raw(b"SEND bystander \xff\xfe\r\n").await;
+    assert!(t.recv().await.starts_with("ERR syntax "));
+
+    // WebSocket: invalid JSON gets a JSON error; a 10 MB message closes with 1009.
+    let mut w = WsClient::login(a.ws, "wendy").await;
+    w.send("{\"op\":\"send\",\"to\":").await;
+    let v: serde_json::Value = serde_json::from_str(&w.recv().await).expect("json error");
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str()),
+        (Some("error"), Some("json"))
+    );
+    w.send(r#"{"op":"send","to":"bystander"}"#).await;
+    let v: serde_json::Value = serde_json::from_str(&w.recv().await).expect("json error");
+    assert_eq!(v["code"], "syntax");
+    let _ = w
+        .send_message(Message::text("x".repeat(10 * 1024 * 1024)))
+        .await;
+    assert_eq!(w.expect_close().await, Some(1009));
+    // A binary frame on the chat endpoint: 1003.
+    let mut b = WsClient::login(a.ws, "binny").await;
+    let _ = b.send_message(Message::binary(vec![1u8, 2, 3])).await;
+    assert_eq!(b.expect_close().await, Some(1003));
+
+    // Everyone else is still served.
+    t.send("SEND bystander still fine").await;
+    t.expect_prefix("OK SENT ").await;
+    assert!(
+        bystander
+            .expect_prefix("MSG ")
+            .await
+            .ends_with("still fine")
+    );
+    bystander.send("PING").await;
+    assert!(
+        matches!(bystander.next_within(Duration::from_secs(5)).await, Seen::Line(l) if l == "PONG")
+    );
+}
