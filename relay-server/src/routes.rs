@@ -224,12 +224,10 @@ impl Routes {
                 .interests
                 .get_mut(server)
                 .is_some_and(|rooms| rooms.remove(room));
-            if had {
-                if let Some(servers) = t.rooms.get_mut(room) {
-                    servers.remove(server);
-                    if servers.is_empty() {
-                        t.rooms.remove(room);
-                    }
+            if had && let Some(servers) = t.rooms.get_mut(room) {
+                servers.remove(server);
+                if servers.is_empty() {
+                    t.rooms.remove(room);
                 }
             }
         }

@@ -45,14 +45,13 @@ async fn start_relay(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> Re
     tweak(&mut config);
     let bound = relay_server::bind(config).await.expect("relay binds");
     let shutdown = CancellationToken::new();
-    let relay = Relay {
+    Relay {
         link: bound.link_addr(),
         admin: bound.admin_addr(),
         metrics: bound.metrics(),
         shutdown: shutdown.clone(),
         task: tokio::spawn(bound.run(shutdown)),
-    };
-    relay
+    }
 }
 
 impl Relay {
@@ -152,7 +151,10 @@ fn exists(redis: &RedisServer, key: &str) -> bool {
 }
 
 fn registered(redis: &RedisServer, id: &str) -> bool {
-    redis.conn().sismember(keys::SERVERS, id).expect("SISMEMBER")
+    redis
+        .conn()
+        .sismember(keys::SERVERS, id)
+        .expect("SISMEMBER")
 }
 
 fn sid(n: u64) -> String {
@@ -332,7 +334,12 @@ async fn the_right_secret_is_welcomed_and_a_wrong_one_refused() {
         expect_closed(&mut framed).await;
     }
 
-    assert_eq!(relay.metric("relay_links_refused_total{reason=\"auth\"}").await, 2.0);
+    assert_eq!(
+        relay
+            .metric("relay_links_refused_total{reason=\"auth\"}")
+            .await,
+        2.0
+    );
     assert_eq!(relay.metric("relay_links").await, 1.0);
     // The linked server did not notice.
     a.sync().await;
@@ -349,13 +356,23 @@ async fn another_link_version_is_refused() {
         other => panic!("expected refused, got {other:?}"),
     }
     expect_closed(&mut framed).await;
-    assert_eq!(relay.metric("relay_links_refused_total{reason=\"version\"}").await, 1.0);
+    assert_eq!(
+        relay
+            .metric("relay_links_refused_total{reason=\"version\"}")
+            .await,
+        1.0
+    );
 
     // An invalid server id is refused too.
     let (mut framed, answer) = hello(relay.link, "not a name", 1, b"", LINK_VERSION).await;
     assert!(matches!(answer, Some(Frame::Refused { .. })), "{answer:?}");
     expect_closed(&mut framed).await;
-    assert_eq!(relay.metric("relay_links_refused_total{reason=\"name\"}").await, 1.0);
+    assert_eq!(
+        relay
+            .metric("relay_links_refused_total{reason=\"name\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,7 +388,12 @@ async fn a_silent_handshake_times_out() {
     }
     expect_closed(&mut framed).await;
     assert!(started.elapsed() < Duration::from_secs(2));
-    assert_eq!(relay.metric("relay_links_refused_total{reason=\"timeout\"}").await, 1.0);
+    assert_eq!(
+        relay
+            .metric("relay_links_refused_total{reason=\"timeout\"}")
+            .await,
+        1.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -412,7 +434,12 @@ async fn garbage_and_oversized_frames_close_only_that_link() {
         .expect("write prefix");
     d.expect_closed().await;
 
-    assert_eq!(relay.metric("relay_links_refused_total{reason=\"malformed\"}").await, 2.0);
+    assert_eq!(
+        relay
+            .metric("relay_links_refused_total{reason=\"malformed\"}")
+            .await,
+        2.0
+    );
     // The others never noticed.
     a.send(deliver("b", "still here")).await;
     assert_eq!(b.recv().await, Some(deliver("b", "still here")));
@@ -439,7 +466,9 @@ async fn deliver_reaches_the_target_server_only() {
     assert_eq!(relay.metric("relay_frames_forwarded_total").await, 1.0);
     assert_eq!(relay.metrics.frames_forwarded(), 1);
     assert_eq!(
-        relay.metric("relay_frames_dropped_total{reason=\"no_route\"}").await,
+        relay
+            .metric("relay_frames_dropped_total{reason=\"no_route\"}")
+            .await,
         1.0
     );
 }
@@ -511,7 +540,12 @@ async fn a_server_that_drops_its_link_is_purged() {
     let relay = start_relay(&redis, |_| {}).await;
     let mut a = Fake::link(relay.link, "a", 1).await;
     let b = Fake::link(relay.link, "b", 7).await;
-    let ids: Vec<Value> = relay.servers().await.into_iter().map(|s| s["id"].clone()).collect();
+    let ids: Vec<Value> = relay
+        .servers()
+        .await
+        .into_iter()
+        .map(|s| s["id"].clone())
+        .collect();
     assert_eq!(ids, ["a", "b", "c"]);
 
     drop(b);
@@ -530,7 +564,12 @@ async fn a_server_that_drops_its_link_is_purged() {
     assert_eq!(sessions_of(&redis, "u1"), [sid(3)]);
     assert!(sessions_of(&redis, "u2").is_empty());
     assert!(exists(&redis, &keys::server_sessions("c")));
-    let ids: Vec<Value> = relay.servers().await.into_iter().map(|s| s["id"].clone()).collect();
+    let ids: Vec<Value> = relay
+        .servers()
+        .await
+        .into_iter()
+        .map(|s| s["id"].clone())
+        .collect();
     assert_eq!(ids, ["a", "c"]);
 
     assert_eq!(relay.metric("relay_purges_total").await, 1.0);
@@ -541,7 +580,9 @@ async fn a_server_that_drops_its_link_is_purged() {
     a.send(deliver("b", "too late")).await;
     a.sync().await;
     assert_eq!(
-        relay.metric("relay_frames_dropped_total{reason=\"no_route\"}").await,
+        relay
+            .metric("relay_frames_dropped_total{reason=\"no_route\"}")
+            .await,
         1.0
     );
 }
@@ -573,7 +614,10 @@ async fn a_silent_server_is_declared_dead_and_purged() {
         .await
         .expect("the relay closes a silent link");
     let silent_for = linked.elapsed();
-    assert!(silent_for >= Duration::from_millis(350), "closed after {silent_for:?}");
+    assert!(
+        silent_for >= Duration::from_millis(350),
+        "closed after {silent_for:?}"
+    );
 
     let purged = eventually(Duration::from_secs(3), || async {
         sessions_of(&redis, "u1").is_empty().then_some(())
@@ -661,14 +705,23 @@ async fn the_startup_sweep_purges_servers_that_died_unwatched() {
         (sessions_of(&redis, "u1") == [sid(4)]).then_some(())
     })
     .await;
-    assert!(swept.is_some(), "u1 sessions: {:?}", sessions_of(&redis, "u1"));
+    assert!(
+        swept.is_some(),
+        "u1 sessions: {:?}",
+        sessions_of(&redis, "u1")
+    );
     assert!(sessions_of(&redis, "u2").is_empty());
     assert!(!registered(&redis, "old") && !exists(&redis, &keys::server("old")));
     assert!(!registered(&redis, "ghost") && !exists(&redis, &keys::server_sessions("ghost")));
     assert!(registered(&redis, "fresh"));
     assert_eq!(relay.metric("relay_purges_total").await, 2.0);
     assert_eq!(relay.metric("relay_sessions_purged_total").await, 3.0);
-    let ids: Vec<Value> = relay.servers().await.into_iter().map(|s| s["id"].clone()).collect();
+    let ids: Vec<Value> = relay
+        .servers()
+        .await
+        .into_iter()
+        .map(|s| s["id"].clone())
+        .collect();
     assert_eq!(ids, ["fresh"]);
 }
 
@@ -699,7 +752,10 @@ async fn admin_endpoints_answer_json() {
     let (status, body) = http_get(relay.admin, "/healthz").await;
     assert_eq!(status, 200);
     let health: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(health, serde_json::json!({"status": "ok", "links": 2, "redis": "up"}));
+    assert_eq!(
+        health,
+        serde_json::json!({"status": "ok", "links": 2, "redis": "up"})
+    );
 
     let servers = relay.servers().await;
     assert_eq!(servers.len(), 3, "{servers:?}");
@@ -724,11 +780,25 @@ async fn admin_endpoints_answer_json() {
     assert_eq!(servers[2]["id"], "d");
     assert_eq!(servers[2]["link"], "down");
     for row in &servers {
-        let mut keys: Vec<&str> = row.as_object().expect("object").keys().map(|k| k.as_str()).collect();
+        let mut keys: Vec<&str> = row
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         keys.sort();
         assert_eq!(
             keys,
-            ["cap", "connections", "epoch", "id", "link", "seen_ms_ago", "tcp", "ws"]
+            [
+                "cap",
+                "connections",
+                "epoch",
+                "id",
+                "link",
+                "seen_ms_ago",
+                "tcp",
+                "ws"
+            ]
         );
     }
 
@@ -752,9 +822,16 @@ async fn admin_endpoints_answer_json() {
     let (status, body) = http_get(relay.admin, "/healthz").await;
     assert_eq!(status, 503);
     let health: Value = serde_json::from_str(&body).expect("json");
-    assert_eq!(health, serde_json::json!({"status": "degraded", "links": 2, "redis": "down"}));
+    assert_eq!(
+        health,
+        serde_json::json!({"status": "degraded", "links": 2, "redis": "down"})
+    );
     let servers = relay.servers().await;
-    assert_eq!(servers.len(), 2, "only the links are known now: {servers:?}");
+    assert_eq!(
+        servers.len(),
+        2,
+        "only the links are known now: {servers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -274,10 +274,10 @@ fn parse_json(input: &str) -> Result<Request, (ClientError, Encoding, Option<Str
         }
     };
     let cid = cmd.cid.clone();
-    if let Some(c) = &cid {
-        if let Err(e) = check_name(c) {
-            return Err(json_err(syntax(format!("cid {e}")), None));
-        }
+    if let Some(c) = &cid
+        && let Err(e) = check_name(c)
+    {
+        return Err(json_err(syntax(format!("cid {e}")), None));
     }
     json_command(cmd)
         .map(|c| Request {

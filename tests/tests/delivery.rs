@@ -1,0 +1,240 @@
+//! Durable delivery: stored then routed, per-user sequence numbers, login
+//! replay, SYNC, multi-device histories, cid de-duplication, rooms, and
+//! Redis durability (issue 4). Real Redis, relay, servers and clients.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use switchboard_tests::{Cluster, TcpClient, WsClient};
+
+/// `(seq, from, to, text)` of a `MSG` line.
+fn parse_msg(line: &str) -> (u64, String, String, String) {
+    let mut it = line.splitn(7, ' ');
+    assert_eq!(it.next(), Some("MSG"), "not a MSG line: {line}");
+    let seq = it.next().and_then(|s| s.parse().ok()).expect("seq");
+    let from = it.next().expect("from").to_owned();
+    let to = it.next().expect("to").to_owned();
+    let (_id, _ts) = (it.next(), it.next());
+    (seq, from, to, it.next().expect("text").to_owned())
+}
+
+/// Sends `SYNC <after>` and collects `seq -> "from to text"` until `OK SYNC`.
+async fn sync_text(c: &mut WsClient, after: u64) -> (BTreeMap<u64, String>, Vec<String>) {
+    c.send(&format!("SYNC {after}")).await;
+    let mut got = BTreeMap::new();
+    let mut other = Vec::new();
+    loop {
+        let line = c.recv().await;
+        if line.starts_with("OK SYNC ") {
+            return (got, other);
+        }
+        if line.starts_with("MSG ") {
+            let (seq, from, to, text) = parse_msg(&line);
+            // A live push may have arrived before the replay of the same seq:
+            // a client de-duplicates by seq, and the two must agree.
+            let entry = format!("{from} {to} {text}");
+            if let Some(prev) = got.insert(seq, entry.clone()) {
+                assert_eq!(prev, entry, "seq {seq} seen with two contents");
+            }
+        } else {
+            other.push(line);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offline_user_gets_all_100_messages_in_order_on_another_server() {
+    let c = Cluster::start(2).await;
+    let bob = TcpClient::login(c.server("b").tcp, "bob").await;
+    drop(bob);
+    let mut alice = WsClient::login(c.server("a").ws, "alice").await;
+    for n in 1..=100 {
+        alice.send(&format!("SEND bob message {n}")).await;
+    }
+    for _ in 1..=100 {
+        alice.expect_prefix("OK SENT ").await;
+    }
+    // bob logs in on the other server: what arrived while away is replayed.
+    let mut bob = WsClient::login(c.server("a").ws, "bob").await;
+    for n in 1..=100u64 {
+        let (seq, from, _, text) = parse_msg(&bob.expect_prefix("MSG ").await);
+        assert_eq!((seq, from.as_str(), text), (n, "alice", format!("message {n}")));
+    }
+    // Acknowledged on this device: the next login replays nothing.
+    bob.send("ACK 100").await;
+    bob.send("PING").await;
+    assert_eq!(bob.recv().await, "PONG");
+    drop(bob);
+    let mut bob = WsClient::login(c.server("b").ws, "bob").await;
+    bob.send("PING").await;
+    assert_eq!(bob.recv().await, "PONG", "nothing replayed after ACK 100");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_device_ends_with_the_same_history() {
+    let c = Cluster::start(2).await;
+    let mut phone = WsClient::login(c.server("a").ws, "alice").await;
+    let mut laptop = WsClient::login(c.server("b").ws, "alice").await;
+    let mut bob = WsClient::login(c.server("b").ws, "bob").await;
+    for n in 0..10 {
+        let (sender, text) = match n % 3 {
+            0 => (&mut phone, format!("SEND bob p{n}")),
+            1 => (&mut laptop, format!("SEND bob l{n}")),
+            _ => (&mut bob, format!("SEND alice b{n}")),
+        };
+        sender.send(&text).await;
+        sender.expect_prefix("OK SENT ").await;
+    }
+    let (phone_hist, _) = sync_text(&mut phone, 0).await;
+    let (laptop_hist, _) = sync_text(&mut laptop, 0).await;
+    let (bob_hist, _) = sync_text(&mut bob, 0).await;
+    assert_eq!(phone_hist.len(), 10, "alice's inbox holds all ten: {phone_hist:?}");
+    assert_eq!(phone_hist, laptop_hist, "both of alice's devices agree");
+    assert_eq!(phone_hist.keys().copied().collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>(), "dense seqs");
+    let alice_texts: Vec<&String> = phone_hist.values().collect();
+    let bob_texts: Vec<&String> = bob_hist.values().collect();
+    assert_eq!(alice_texts, bob_texts, "the conversation is in the same order on both sides");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_send_with_the_same_cid_is_stored_once() {
+    let c = Cluster::start(2).await;
+    let a = c.server("a");
+    let mut alice = WsClient::login(a.ws, "alice").await;
+    alice.send(r#"{"op":"send","to":"bob","text":"only once","cid":"c-42"}"#).await;
+    // The connection drops before the client reads its answer.
+    drop(alice);
+    let mut alice = WsClient::login(c.server("b").ws, "alice").await;
+    alice.send(r#"{"op":"send","to":"bob","text":"only once","cid":"c-42"}"#).await;
+    let first: serde_json::Value = serde_json::from_str(&alice.expect_prefix("{\"type\":\"sent\"").await).expect("json");
+    alice.send(r#"{"op":"send","to":"bob","text":"only once","cid":"c-42"}"#).await;
+    let again: serde_json::Value = serde_json::from_str(&alice.expect_prefix("{\"type\":\"sent\"").await).expect("json");
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!((first["seq"].as_u64(), first["cid"].as_str()), (Some(1), Some("c-42")));
+    assert_eq!(again["seq"], first["seq"]);
+    let mut conn = c.redis.conn();
+    let len: u64 = redis::cmd("XLEN").arg("sb:inbox:bob").query(&mut conn).expect("xlen");
+    assert_eq!(len, 1, "bob's inbox holds the message once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_messages_survive_a_redis_kill_9() {
+    let mut c = Cluster::start(2).await;
+    let mut alice = WsClient::login(c.server("a").ws, "alice").await;
+    for n in 1..=50 {
+        alice.send(&format!("SEND bob durable {n}")).await;
+        alice.expect_prefix("OK SENT ").await;
+    }
+    drop(alice);
+    c.redis.restart(false);
+    let mut bob = switchboard_tests::eventually(Duration::from_secs(10), || async {
+        let mut w = WsClient::connect(c.server("b").ws, "/ws").await.ok()?;
+        w.send("LOGIN bob").await;
+        w.recv().await.starts_with("OK LOGIN").then_some(w)
+    })
+    .await
+    .expect("bob logs in after the restart");
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        seen.push(parse_msg(&bob.expect_prefix("MSG ").await).0);
+    }
+    assert_eq!(seen, (1..=50).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_says_so_when_the_inbox_was_lost() {
+    let mut c = Cluster::start(1).await;
+    let mut alice = WsClient::login(c.server("a").ws, "alice").await;
+    let mut bob = WsClient::login(c.server("a").ws, "bob").await;
+    alice.send("SEND bob before").await;
+    alice.expect_prefix("OK SENT ").await;
+    bob.expect_prefix("MSG 1 ").await;
+    bob.send("SYNC 1").await;
+    let epoch = bob.expect_prefix("OK SYNC 1 ").await.rsplit(' ').next().expect("epoch").to_owned();
+    // Redis comes back empty (no persistence): bob's inbox is gone.
+    c.redis.restart(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sent = false;
+    for _ in 0..50 {
+        alice.send("SEND bob after").await;
+        if alice.recv().await.starts_with("OK SENT ") {
+            sent = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(sent, "sending works again once Redis is back");
+    bob.send(&format!("SYNC 1 {epoch}")).await;
+    let gap = bob.expect_prefix("ERR gap ").await;
+    assert!(gap.starts_with("ERR gap 1 1 "), "{gap}");
+    let (seq, _, _, text) = parse_msg(&bob.expect_prefix("MSG ").await);
+    assert_eq!((seq, text.as_str()), (1, "after"));
+    let ok = bob.expect_prefix("OK SYNC ").await;
+    assert!(!ok.ends_with(&epoch), "a new inbox epoch: {ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_reports_messages_trimmed_by_the_inbox_bound() {
+    let c = Cluster::start_with(1, |cfg| cfg.limits.inbox_max_len = 10).await;
+    let mut alice = WsClient::login(c.server("a").ws, "alice").await;
+    for n in 1..=400 {
+        alice.send(&format!("SEND bob n{n}")).await;
+    }
+    for _ in 1..=400 {
+        alice.expect_prefix("OK SENT ").await;
+    }
+    let mut bob = WsClient::login(c.server("a").ws, "bob").await;
+    // The login replay already says what was trimmed.
+    let first_line = bob.recv().await;
+    assert!(first_line.starts_with("ERR gap 1 "), "{first_line}");
+    let (got, other) = sync_text(&mut bob, 0).await;
+    let first = *got.keys().next().expect("some kept");
+    assert!(first > 1 && got.len() < 400, "the bound trimmed the inbox ({} kept)", got.len());
+    let gap = format!("ERR gap 1 {} trimmed by the inbox bound", first - 1);
+    assert_eq!(first_line, gap);
+    assert_eq!(other.last().map(String::as_str), Some(gap.as_str()));
+    assert_eq!(*got.keys().last().expect("last"), 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_messages_reach_members_everywhere_and_no_server_without_members() {
+    let c = Cluster::start(3).await;
+    let mut m1 = WsClient::login(c.server("a").ws, "m1").await;
+    let mut m2 = TcpClient::login(c.server("b").tcp, "m2").await;
+    let mut m3 = WsClient::login(c.server("a").ws, "m3").await;
+    let mut outsider = WsClient::login(c.server("c").ws, "outsider").await;
+    for client in [&mut m1, &mut m3] {
+        client.send("JOIN lobby").await;
+        assert_eq!(client.recv().await, "OK JOIN lobby");
+    }
+    m2.send("JOIN lobby").await;
+    assert_eq!(m2.recv().await, "OK JOIN lobby");
+    // Let the relay hear of the interest.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let c_before = c.server("c").metrics.frames_from_relay.get();
+
+    m1.send("PUB lobby hello room").await;
+    assert!(m1.expect_prefix("OK PUB lobby ").await.len() > 13);
+    assert!(m2.expect_prefix("ROOM lobby m1 ").await.ends_with(" hello room"));
+    assert!(m3.expect_prefix("ROOM lobby m1 ").await.ends_with(" hello room"));
+    outsider.send("PING").await;
+    assert_eq!(outsider.recv().await, "PONG", "the outsider got nothing");
+    assert_eq!(c.server("c").metrics.frames_from_relay.get(), c_before, "server c got no frame");
+
+    // After m2 leaves, server b stops getting the room.
+    m2.send("LEAVE lobby").await;
+    assert_eq!(m2.recv().await, "OK LEAVE lobby");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b_before = c.server("b").metrics.frames_from_relay.get();
+    m3.send("PUB lobby second").await;
+    m3.expect_prefix("OK PUB lobby ").await;
+    assert!(m1.expect_prefix("ROOM lobby m3 ").await.ends_with(" second"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(c.server("b").metrics.frames_from_relay.get(), b_before);
+
+    // A broadcast reaches everyone on every server (insecure mode: anyone may).
+    outsider.send("ALL maintenance at noon").await;
+    outsider.expect_prefix("OK ALL ").await;
+    assert!(m1.expect_prefix("ALL outsider ").await.ends_with("maintenance at noon"));
+    assert!(m2.expect_prefix("ALL outsider ").await.ends_with("maintenance at noon"));
+}
