@@ -87,11 +87,32 @@ fn parse_rss_kib(status: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Busy CPU seconds of the whole machine (all cores) since boot, from the
+/// first line of `/proc/stat`: user, nice, system, irq, softirq and steal
+/// (idle and iowait left out).
+pub fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_machine_busy(stat.lines().next()?)
+}
+
+fn parse_machine_busy(line: &str) -> Option<f64> {
+    let f: Vec<u64> = line
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(|v| v.parse().ok())
+        .collect::<Option<_>>()?;
+    let get = |i: usize| f.get(i).copied().unwrap_or(0);
+    // user nice system idle iowait irq softirq steal
+    let busy = get(0) + get(1) + get(2) + get(5) + get(6) + get(7);
+    Some(busy as f64 / USER_HZ)
+}
+
 /// The watched processes plus the tool itself, read at one moment.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     samples: Vec<(String, Option<Sample>)>,
     tool: Sample,
+    machine_busy_s: f64,
 }
 
 /// Every watched process plus this one.
@@ -120,6 +141,7 @@ impl Watch {
                 .map(|p| (p.name.clone(), sample(p.pid)))
                 .collect(),
             tool: sample(std::process::id()).unwrap_or_default(),
+            machine_busy_s: machine_busy_s().unwrap_or(0.0),
         }
     }
 }
@@ -133,6 +155,10 @@ pub struct Usage {
     pub cpu_total_s: f64,
     /// CPU seconds of the load tool itself (it shares the cores).
     pub tool_cpu_s: f64,
+    /// CPU seconds used by everything else on the machine meanwhile (other
+    /// builds, other tests): the noise. Large values make a run suspect.
+    #[serde(default)]
+    pub other_cpu_s: f64,
     /// RSS of each watched process at the end, bytes.
     pub rss_end: BTreeMap<String, u64>,
     /// RSS growth of each watched process over the interval, bytes.
@@ -154,6 +180,7 @@ impl Snapshot {
             }
         }
         u.tool_cpu_s = (later.tool.cpu_s - self.tool.cpu_s).max(0.0);
+        u.other_cpu_s = (later.machine_busy_s - self.machine_busy_s - u.cpu_total_s - u.tool_cpu_s).max(0.0);
         u
     }
 
@@ -181,6 +208,13 @@ mod tests {
     fn rss_comes_from_vmrss() {
         let status = "Name:\tredis\nVmPeak:\t 9999 kB\nVmRSS:\t    5120 kB\nThreads:\t4\n";
         assert_eq!(parse_rss_kib(status), Some(5120));
+    }
+
+    #[test]
+    fn machine_busy_time_leaves_out_idle_and_iowait() {
+        let line = "cpu  100 5 50 9000 40 3 2 0 0 0";
+        assert_eq!(parse_machine_busy(line), Some(1.6));
+        assert!(machine_busy_s().is_some_and(|s| s > 0.0));
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct Tick {
     pub cpu_pct: f64,
     /// CPU of the tool, percent of one core.
     pub tool_cpu_pct: f64,
+    /// CPU of everything else on the machine, percent of one core.
+    #[serde(default)]
+    pub other_cpu_pct: f64,
 }
 
 /// A running progress reporter.
@@ -91,6 +94,7 @@ async fn sample_loop(
             max_us: window.max(),
             cpu_pct: usage.cpu_total_s * 100.0 / dt,
             tool_cpu_pct: usage.tool_cpu_s * 100.0 / dt,
+            other_cpu_pct: usage.other_cpu_s * 100.0 / dt,
         };
         if let Some(label) = &label {
             let mut line = format!(
@@ -115,7 +119,11 @@ async fn sample_loop(
                     cpu * 100.0 / dt
                 );
             }
-            let _ = write!(line, ") tool {:.0}%", tick.tool_cpu_pct);
+            let _ = write!(
+                line,
+                ") tool {:.0}% other {:.0}%",
+                tick.tool_cpu_pct, tick.other_cpu_pct
+            );
             eprintln!("{line}");
         }
         ticks.push(tick);

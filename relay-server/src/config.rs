@@ -47,31 +47,31 @@ pub struct Config {
     pub relay_id: String,
 
     /// Interval between heartbeat pings on every link, in milliseconds.
-    #[arg(long = "heartbeat-ms", env = "SB_HEARTBEAT_MS", default_value = "1000", value_parser = parse_ms)]
+    #[arg(long = "heartbeat-ms", value_name = "MS", env = "SB_HEARTBEAT_MS", default_value = "1000", value_parser = parse_ms)]
     pub heartbeat: Duration,
 
     /// A link that sends nothing for this long (ms) is dead; so is one that
     /// accepts nothing we write for this long.
-    #[arg(long = "dead-after-ms", env = "SB_DEAD_AFTER_MS", default_value = "3000", value_parser = parse_ms)]
+    #[arg(long = "dead-after-ms", value_name = "MS", env = "SB_DEAD_AFTER_MS", default_value = "3000", value_parser = parse_ms)]
     pub dead_after: Duration,
 
     /// After a link dies, how long (ms) the server has to link again with the
     /// same epoch before its sessions are purged from Redis.
-    #[arg(long = "purge-grace-ms", env = "SB_PURGE_GRACE_MS", default_value = "1000", value_parser = parse_ms)]
+    #[arg(long = "purge-grace-ms", value_name = "MS", env = "SB_PURGE_GRACE_MS", default_value = "1000", value_parser = parse_ms)]
     pub purge_grace: Duration,
 
     /// Interval (ms) between sweeps of the server registry for servers that
     /// died while no relay watched them.
-    #[arg(long = "sweep-interval-ms", env = "SB_SWEEP_INTERVAL_MS", default_value = "5000", value_parser = parse_ms)]
+    #[arg(long = "sweep-interval-ms", value_name = "MS", env = "SB_SWEEP_INTERVAL_MS", default_value = "5000", value_parser = parse_ms)]
     pub sweep_interval: Duration,
 
     /// A registry entry whose `seen` is older than this (ms), for a server
     /// not linked here, belongs to a dead server and is purged by the sweep.
-    #[arg(long = "stale-after-ms", env = "SB_STALE_AFTER_MS", default_value = "10000", value_parser = parse_ms)]
+    #[arg(long = "stale-after-ms", value_name = "MS", env = "SB_STALE_AFTER_MS", default_value = "10000", value_parser = parse_ms)]
     pub stale_after: Duration,
 
     /// Time (ms) a new connection has to complete the link handshake.
-    #[arg(long = "handshake-timeout-ms", env = "SB_HANDSHAKE_TIMEOUT_MS", default_value = "5000", value_parser = parse_ms)]
+    #[arg(long = "handshake-timeout-ms", value_name = "MS", env = "SB_HANDSHAKE_TIMEOUT_MS", default_value = "5000", value_parser = parse_ms)]
     pub handshake_timeout: Duration,
 
     /// Largest link frame body in bytes; a longer length prefix closes the link.

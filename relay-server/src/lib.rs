@@ -7,7 +7,7 @@
 //! - [`config`]: flags and their defaults ([`Config`]);
 //! - `accept`: the accept loop and the link handshake (challenge, `Hello`,
 //!   secret check, `Welcome` or `Refused`);
-//! - [`routes`]: the routing table, server id -> link queue, and room
+//! - `routes`: the routing table, server id -> link queue, and room
 //!   interests;
 //! - `link`: one task per link, reading, forwarding, writing in batches;
 //! - `health`: heartbeats and when a link counts as dead;
@@ -15,7 +15,7 @@
 //!   sweep for servers that died unwatched;
 //! - `registry`: reading the server registry, the Redis connection;
 //! - `admin`: `/healthz`, `/servers`, `/metrics` over HTTP;
-//! - [`metrics`]: the Prometheus registry of one relay ([`Metrics`]).
+//! - `metrics`: the Prometheus registry of one relay ([`Metrics`]).
 //!
 //! Use: [`bind`] the listeners, then [`Bound::run`] until a
 //! [`CancellationToken`] is cancelled; or [`run`] for both. The relay keeps
@@ -34,13 +34,14 @@ use tracing::{info, warn};
 
 mod accept;
 mod admin;
+pub mod cli;
 pub mod config;
 mod health;
 mod link;
-pub mod metrics;
+mod metrics;
 mod purge;
 mod registry;
-pub mod routes;
+mod routes;
 
 pub use config::Config;
 pub use metrics::Metrics;

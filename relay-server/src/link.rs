@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -120,23 +120,25 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut framed: LinkFramed, hello: Accepted) 
         addrs: addrs.clone(),
         tx,
         close: close.clone(),
-        since: SystemTime::now(),
     };
-    if let Some(old) = ctx.routes.insert(&server_id, route) {
-        old.close.cancel();
-        info!(
-            old_epoch = old.epoch,
-            "link replaces an older link of this server"
-        );
+    match ctx.routes.insert(&server_id, route) {
+        Some(old) => {
+            old.close.cancel();
+            info!(
+                old_epoch = old.epoch,
+                "link replaces an older link of this server"
+            );
+        }
+        None => ctx.metrics.link_up(),
     }
-    ctx.metrics.set_links(ctx.routes.len());
     info!(ws = %addrs.ws, tcp = %addrs.tcp, "link up");
 
     let mut live = Liveness::new(ctx.config.dead_after, Instant::now());
     let end = serve(&ctx, &server_id, link, framed, rx, &close, &mut live).await;
 
-    ctx.routes.remove(&server_id, link);
-    ctx.metrics.set_links(ctx.routes.len());
+    if ctx.routes.remove(&server_id, link) {
+        ctx.metrics.link_down();
+    }
     match &end {
         End::Bye => info!("link down: server said bye"),
         End::Shutdown => info!("link closed: relay shutting down"),

@@ -1,48 +1,5 @@
-//! `relay-server`: parses flags, sets up logging, runs the relay until
-//! Ctrl-C or SIGTERM.
+//! `relay-server`: see [`relay_server::cli`].
 
-use anyhow::Context as _;
-use clap::Parser;
-use relay_server::Config;
-use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = Config::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .init();
-
-    let shutdown = CancellationToken::new();
-    tokio::spawn(signals(shutdown.clone()));
-    relay_server::run(config, shutdown)
-        .await
-        .context("relay-server failed")
-}
-
-/// Cancels `shutdown` on the first Ctrl-C or SIGTERM.
-async fn signals(shutdown: CancellationToken) {
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
-    }
-    tracing::info!("signal received; shutting down");
-    shutdown.cancel();
+fn main() -> anyhow::Result<()> {
+    relay_server::cli::main()
 }

@@ -189,8 +189,14 @@ impl Metrics {
         out
     }
 
-    pub(crate) fn set_links(&self, n: usize) {
-        self.links.set(i64::try_from(n).unwrap_or(i64::MAX));
+    /// A server got a route (not counting a link that replaced another).
+    pub(crate) fn link_up(&self) {
+        self.links.inc();
+    }
+
+    /// A server's route went away.
+    pub(crate) fn link_down(&self) {
+        self.links.dec();
     }
 
     pub(crate) fn forwarded(&self, n: u64) {

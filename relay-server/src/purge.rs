@@ -87,7 +87,14 @@ async fn after_death(ctx: Arc<Ctx>, server: String, epoch: u64, last_heard: Inst
             info!("server linked again with the same epoch; nothing to purge");
             return;
         }
-        match purge_epoch(&ctx, &server, epoch).await {
+        let result = tokio::select! {
+            result = purge_epoch(&ctx, &server, epoch) => result,
+            _ = ctx.shutdown.cancelled() => {
+                info!("shutting down during the purge; leaving it to the sweep");
+                return;
+            }
+        };
+        match result {
             Ok(sessions) => {
                 let since = last_heard.elapsed();
                 ctx.metrics.purged(sessions, Some(since));
@@ -142,11 +149,21 @@ async fn purge_gone(ctx: &Ctx, server: &str) -> RedisResult<Option<u64>> {
 /// Waits until Redis answers (logging once while it does not), then sweeps
 /// now and every `--sweep-interval-ms` until shutdown.
 pub(crate) async fn sweep_loop(ctx: Arc<Ctx>) {
-    if !wait_for_redis(&ctx).await {
+    // Shutdown interrupts a Redis call in flight: both scripts are
+    // idempotent, so one cut short is simply done again by the next sweep.
+    let ready = tokio::select! {
+        ready = wait_for_redis(&ctx) => ready,
+        _ = ctx.shutdown.cancelled() => false,
+    };
+    if !ready {
         return;
     }
     loop {
-        if let Err(error) = sweep(&ctx).await {
+        let result = tokio::select! {
+            result = sweep(&ctx) => result,
+            _ = ctx.shutdown.cancelled() => return,
+        };
+        if let Err(error) = result {
             ctx.metrics.redis_error();
             warn!(%error, "registry sweep failed; trying again next interval");
         }

@@ -17,7 +17,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::SystemTime;
 
 use shared::link::{BROADCAST_ROOM, Frame, ServerAddrs};
 use tokio::sync::mpsc::{self, error::TrySendError};
@@ -41,8 +40,6 @@ pub struct Route {
     pub tx: mpsc::Sender<Frame>,
     /// Cancelled to close the link (when a newer one replaces it).
     pub close: CancellationToken,
-    /// When the link came up.
-    pub since: SystemTime,
 }
 
 /// What became of a frame given to the table.
@@ -159,11 +156,6 @@ impl Routes {
         self.read().links.len()
     }
 
-    /// Whether no server is linked.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Whether `server` is linked here (any epoch).
     pub fn is_up(&self, server: &str) -> bool {
         self.read().links.contains_key(server)
@@ -276,7 +268,6 @@ mod tests {
             addrs: ServerAddrs::default(),
             tx,
             close: CancellationToken::new(),
-            since: SystemTime::now(),
         };
         (r, rx)
     }

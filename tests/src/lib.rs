@@ -34,6 +34,7 @@ where
 }
 
 pub mod cluster;
+pub mod procs;
 pub use cluster::{Cluster, Relay, Server};
 
 /// A plain HTTP/1.1 GET over a fresh connection; returns status and body.
