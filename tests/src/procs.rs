@@ -189,19 +189,19 @@ pub struct ServerProc {
 impl ServerProc {
     /// Starts server `id` linked to `relay`, insecure login, with `extra` flags.
     pub fn start(id: &str, redis: &str, relay: SocketAddr, extra: &[&str]) -> ServerProc {
-        let mut args: Vec<String> = vec![
-            "--id".into(),
-            id.into(),
-            "--ws".into(),
-            "127.0.0.1:0".into(),
-            "--tcp".into(),
-            "127.0.0.1:0".into(),
+        let mut args: Vec<String> = vec!["--id".into(), id.into()];
+        for flag in ["--ws", "--tcp"] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_owned(), "127.0.0.1:0".to_owned()]);
+            }
+        }
+        args.extend([
             "--relay".into(),
             relay.to_string(),
             "--redis".into(),
             redis.into(),
             "--insecure-login".into(),
-        ];
+        ]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(&format!("server-{id}"), MESSAGE_SERVER, &args);
         let line = proc.wait_line("listening ws=", Duration::from_secs(20));
