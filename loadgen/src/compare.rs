@@ -78,7 +78,7 @@ pub fn thousands(v: f64) -> String {
     let s = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -97,6 +97,18 @@ fn ms(us: u64) -> String {
 
 fn kib(bytes: f64) -> String {
     format!("{:.1} KiB", bytes / 1024.0)
+}
+
+/// How `ours` compares with `peer` where less is better: "3.1x lower" or
+/// "2.0x higher" (with `less`/`more` as the words).
+fn better_when_lower(peer: f64, ours: f64, less: &str, more: &str) -> String {
+    if ours <= 0.0 || peer <= 0.0 {
+        "–".to_owned()
+    } else if ours <= peer {
+        format!("{:.1}x {less}", peer / ours)
+    } else {
+        format!("{:.1}x {more}", ours / peer)
+    }
 }
 
 fn verdict(ok: Option<bool>) -> &'static str {
@@ -130,11 +142,15 @@ fn summary_table(md: &mut String, runs: &Runs) {
         ours.map(|o| o.bytes_per_conn <= IDLE_MAX_BYTES && ratio.is_some_and(|r| r >= IDLE_RATIO));
     let _ = writeln!(
         md,
-        "| server RSS per idle connection ({} on one process) | {} | {} | {} lighter | ≤ 8 KiB and ≥ {IDLE_RATIO:.0}x lighter | {} |",
+        "| server RSS per idle connection ({} on one process) | {} | {} | {} | ≤ 8 KiB and ≥ {IDLE_RATIO:.0}x lighter | {} |",
         thousands(conns as f64),
         dash(peer, |p| kib(p.bytes_per_conn)),
         dash(ours, |o| kib(o.bytes_per_conn)),
-        dash(ratio, |r| format!("{r:.1}x")),
+        match (peer, ours) {
+            (Some(p), Some(o)) =>
+                better_when_lower(p.bytes_per_conn, o.bytes_per_conn, "lighter", "heavier"),
+            _ => "–".to_owned(),
+        },
         verdict(ok)
     );
 
@@ -400,6 +416,19 @@ mod tests {
         assert_eq!(thousands(1234567.0), "1,234,567");
         assert_eq!(ms(2345), "2.35 ms");
         assert_eq!(ms(123_456), "123 ms");
+    }
+
+    #[test]
+    fn ratios_say_which_way() {
+        assert_eq!(
+            better_when_lower(14.0, 7.0, "lighter", "heavier"),
+            "2.0x lighter"
+        );
+        assert_eq!(
+            better_when_lower(5.0, 10.0, "lower", "higher"),
+            "2.0x higher"
+        );
+        assert_eq!(better_when_lower(5.0, 0.0, "lower", "higher"), "–");
     }
 
     #[test]

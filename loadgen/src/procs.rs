@@ -180,7 +180,8 @@ impl Snapshot {
             }
         }
         u.tool_cpu_s = (later.tool.cpu_s - self.tool.cpu_s).max(0.0);
-        u.other_cpu_s = (later.machine_busy_s - self.machine_busy_s - u.cpu_total_s - u.tool_cpu_s).max(0.0);
+        u.other_cpu_s =
+            (later.machine_busy_s - self.machine_busy_s - u.cpu_total_s - u.tool_cpu_s).max(0.0);
         u
     }
 

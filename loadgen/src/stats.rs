@@ -94,6 +94,8 @@ pub struct Counters {
     pub duplicates: AtomicU64,
     /// Connections lost before the run ended.
     pub broken: AtomicU64,
+    /// When the latest live delivery happened, clock µs.
+    pub last_delivery_us: AtomicU64,
 }
 
 impl Counters {

@@ -269,7 +269,7 @@ pub fn latency_distribution(title: &str, series: &[Series]) -> String {
         y: Axis::new(lo, hi, true, 380.0, 50.0),
         x_labels: NINES.iter().map(|&(v, l)| (v, l.to_owned())).collect(),
     };
-    let mut out = header(760, 430);
+    let mut out = header(940, 430);
     panel.draw(&mut out, title, "percentile", "latency (ms, log scale)");
     for (i, s) in stretched.iter().enumerate() {
         panel.line(&mut out, s, COLORS[i % COLORS.len()], false);
@@ -317,7 +317,7 @@ pub fn throughput_curve(
         y: Axis::new(lo, hi, true, 380.0, 60.0),
         x_labels: ticks(&x2),
     };
-    let mut out = header(1120, 430);
+    let mut out = header(1180, 430);
     let _ = write!(
         out,
         r#"<text x="560" y="22" text-anchor="middle" font-family="sans-serif" font-size="15" font-weight="bold">{}</text>"#,

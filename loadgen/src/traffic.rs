@@ -114,7 +114,8 @@ pub struct TrafficResult {
     pub duplicates: u64,
     /// Connections that broke during the run.
     pub broken: u64,
-    /// Delivered messages per second of the schedule.
+    /// Delivered messages per second, from the first send to the last live
+    /// delivery: below the offered rate when the system falls behind.
     pub achieved_rate: f64,
     /// Latency from the intended send time (the figure that counts).
     pub latency: Summary,
@@ -359,7 +360,13 @@ pub async fn run(target: &Target, cfg: &TrafficConfig) -> Result<TrafficResult, 
     res.recovered = recovered;
     res.duplicates = Counters::get(&c.duplicates);
     res.broken = Counters::get(&c.broken);
-    res.achieved_rate = res.delivered as f64 / cfg.duration.as_secs_f64().max(1e-9);
+    let last_us = Counters::get(&c.last_delivery_us).saturating_sub(start_us);
+    let span_s = cfg
+        .duration
+        .as_secs_f64()
+        .max(last_us as f64 / 1e6)
+        .max(1e-9);
+    res.achieved_rate = res.delivered as f64 / span_s;
     res.latency = stats::summarize(&total_h);
     res.service = stats::summarize(&service_h);
     res.distribution = stats::distribution(&total_h);
@@ -559,10 +566,10 @@ async fn read_acks(
                 acks.seq[n] = seq.max(1);
             }
             Incoming::Error { n, message } => {
-                if let Some(n) = n {
-                    if Received::mark(&mut acks.refused, n as usize) {
-                        Counters::add(&shared.meter.counters.errors, 1);
-                    }
+                if let Some(n) = n
+                    && Received::mark(&mut acks.refused, n as usize)
+                {
+                    Counters::add(&shared.meter.counters.errors, 1);
                 }
                 acks.first_error.get_or_insert(message);
             }
@@ -602,14 +609,18 @@ async fn receive(
                 if let Some(s) = seq {
                     Received::mark(&mut got.seqs, s as usize);
                 }
-                if let Some(stamp) = proto::parse_text(&text) {
-                    if take(&shared, &mut got, stamp) {
-                        Counters::add(&shared.meter.counters.delivered, 1);
-                    }
+                if let Some(stamp) = proto::parse_text(&text)
+                    && take(&shared, &mut got, stamp)
+                {
+                    let c = &shared.meter.counters;
+                    Counters::add(&c.delivered, 1);
+                    c.last_delivery_us
+                        .fetch_max(shared.clock.now_us(), std::sync::atomic::Ordering::Relaxed);
                 }
             }
             Incoming::SioPing => {
-                if ws.send(Message::text(proto::SIO_PONG)).await.is_err() {
+                let pong = ws.send(Message::text(proto::SIO_PONG)).await;
+                if pong.is_err() {
                     Counters::add(&shared.meter.counters.broken, 1);
                     return (None, got);
                 }
@@ -656,10 +667,10 @@ async fn recover(mut ws: Ws, mut got: Received, shared: Arc<Shared>) -> (Receive
         };
         match proto::parse(shared.system, &frame) {
             Incoming::Msg { text, .. } => {
-                if let Some(stamp) = proto::parse_text(&text) {
-                    if take(&shared, &mut got, stamp) {
-                        recovered += 1;
-                    }
+                if let Some(stamp) = proto::parse_text(&text)
+                    && take(&shared, &mut got, stamp)
+                {
+                    recovered += 1;
                 }
             }
             Incoming::Synced { .. } | Incoming::Gap | Incoming::Error { .. } => break,

@@ -58,6 +58,12 @@ pub struct Config {
     #[arg(long, env = "SB_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
+    /// Browser origins allowed to open WebSockets (comma-separated, e.g.
+    /// `https://chat.example.com`); empty allows any. Clients that send no
+    /// `Origin` (non-browsers) are not affected.
+    #[arg(long, env = "SB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Vec<String>,
+
     /// Serve an echo endpoint at `/echo` (same pipeline and limits as `/ws`),
     /// for conformance testing.
     #[arg(long, env = "SB_ECHO")]
@@ -74,6 +80,23 @@ pub struct Limits {
     #[arg(long, env = "SB_MAX_MESSAGE", default_value_t = 64 * 1024)]
     pub max_message: usize,
 
+    /// Commands per second one session may send on average (0: no limit).
+    #[arg(long, env = "SB_RATE_LIMIT", default_value_t = 100)]
+    pub rate_limit: u32,
+
+    /// Commands one session may send at once above the average rate; a
+    /// client refused more than this many times in a row is closed (1008).
+    #[arg(long, env = "SB_RATE_BURST", default_value_t = 200)]
+    pub rate_burst: u32,
+
+    /// Live sessions one user may hold across the cluster.
+    #[arg(long, env = "SB_MAX_SESSIONS_PER_USER", default_value_t = 32)]
+    pub max_sessions_per_user: u64,
+
+    /// Connections one client address may hold on this server (0: no limit).
+    #[arg(long, env = "SB_MAX_CONNECTIONS_PER_IP", default_value_t = 1000)]
+    pub max_connections_per_ip: u32,
+
     /// Pushes queued for one session before it counts as too slow and is closed.
     #[arg(long, env = "SB_SESSION_QUEUE", default_value_t = 256)]
     pub session_queue: usize,
@@ -89,6 +112,10 @@ pub struct Limits {
     /// A connection that has not logged in after this long is closed.
     #[arg(long, env = "SB_LOGIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub login_timeout: Duration,
+
+    /// Time a client has to send its HTTP request head (slowloris guard).
+    #[arg(long, env = "SB_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
 
     /// A write to a client that takes longer than this closes the session.
     #[arg(long, env = "SB_WRITE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]

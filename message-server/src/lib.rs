@@ -13,7 +13,7 @@
 //! - [`directory`]: sessions and the server registry in Redis;
 //! - [`db`]: the shared Redis connection and scripts;
 //! - [`relay_link`]: the links to the relay(s), reconnecting;
-//! - [`auth`]: signed tokens; [`metrics`]: Prometheus counters;
+//! - [`auth`]: signed tokens; [`limits`]: rate and per-address limits; [`metrics`]: Prometheus counters;
 //! - [`cli`]: the command-line entry point;
 //! - [`state`]: what every task shares; [`socket`]: socket options.
 
@@ -24,6 +24,7 @@ pub mod conn;
 pub mod db;
 pub mod directory;
 pub mod hub;
+pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod relay_link;
@@ -229,6 +230,8 @@ impl Bound {
             max_connections: config.max_connections,
             ids: Ids::new(epoch),
             echo: config.echo,
+            per_address: Arc::default(),
+            allowed_origins: config.allowed_origins.clone(),
             shutdown: shutdown.clone(),
         });
 

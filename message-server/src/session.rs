@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use shared::client::{ClientError, Command, Encoding, ErrCode, Event, Reply, Request};
 use shared::link::{BROADCAST_ROOM, DirectMsg, Frame, RoomMsg};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -22,7 +22,8 @@ use crate::conn::{Close, Conn, Input, code};
 use crate::directory::now_ms;
 use crate::hub::{Out, SessionHandle};
 use crate::router::{Job, Origin};
-use crate::state::{Login, State};
+use crate::limits::{RateLimiter, Verdict};
+use crate::state::{Admission, Login, State};
 
 /// Messages read from an inbox per Redis round trip during a replay.
 const REPLAY_PAGE: usize = 500;
@@ -49,6 +50,7 @@ struct Session {
     /// replay (login or `SYNC`); skip them when they arrive live.
     replayed_upto: u64,
     last_heard: Instant,
+    rate: RateLimiter,
 }
 
 /// What handling one input decided.
@@ -63,7 +65,7 @@ pub async fn run<C: Conn>(
     state: Arc<State>,
     peer: SocketAddr,
     login: Option<HandshakeLogin>,
-    permit: OwnedSemaphorePermit,
+    admission: Admission,
 ) {
     let (tx, rx) = mpsc::channel(state.limits.session_queue.max(1));
     let id = state.ids.session();
@@ -83,6 +85,7 @@ pub async fn run<C: Conn>(
         rooms: Vec::new(),
         replayed_upto: 0,
         last_heard: Instant::now(),
+        rate: RateLimiter::new(state.limits.rate_limit, state.limits.rate_burst),
     };
     state.metrics.connections.inc();
     async {
@@ -96,7 +99,7 @@ pub async fn run<C: Conn>(
     .instrument(span)
     .await;
     state.metrics.connections.dec();
-    drop(permit);
+    drop(admission);
 }
 
 impl Session {
@@ -156,6 +159,28 @@ impl Session {
                 }
                 input = conn.recv() => {
                     self.last_heard = Instant::now();
+                    if matches!(input, Input::Text(_) | Input::TooLong | Input::BadUtf8) {
+                        match self.rate.check() {
+                            Verdict::Allow => {}
+                            Verdict::Refuse => {
+                                let err = ClientError::new(ErrCode::Rate, format!(
+                                    "slow down: over {} commands per second; command dropped",
+                                    limits.rate_limit,
+                                ));
+                                let enc = match &input { Input::Text(t) if t.trim_start().starts_with('{') => Encoding::Json, _ => Encoding::Text };
+                                if let Flow::Close(c) = self.answer(conn, enc, None, err.into()).await {
+                                    return Some(c);
+                                }
+                                if conn.flush().await.is_err() {
+                                    return None;
+                                }
+                                continue;
+                            }
+                            Verdict::Close => {
+                                return Some(Close::new(code::POLICY, Some(ErrCode::Rate), "rate limit exceeded again and again"));
+                            }
+                        }
+                    }
                     let flow = match input {
                         Input::Text(text) => self.input(conn, &text).await,
                         Input::TooLong => self.answer(conn, Encoding::Text, None, ClientError::new(

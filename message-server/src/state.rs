@@ -43,7 +43,45 @@ pub struct State {
     pub max_connections: usize,
     pub ids: Ids,
     pub echo: bool,
+    /// Connections per client address.
+    pub per_address: Arc<crate::limits::PerAddress>,
+    /// Browser origins allowed (empty: any).
+    pub allowed_origins: Vec<String>,
     pub shutdown: CancellationToken,
+}
+
+/// A connection's admission: its place under the server cap and under its
+/// address's cap, both given back when it is dropped.
+#[derive(Debug)]
+pub struct Admission {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _slot: crate::limits::AddressSlot,
+}
+
+/// Why a connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The server is at `--max-connections`.
+    Full,
+    /// The client's address is at `--max-connections-per-ip`.
+    TooManyFromAddress,
+}
+
+impl State {
+    /// Admits a connection from `ip`, or says why not.
+    pub fn admit(&self, ip: std::net::IpAddr) -> Result<Admission, Refusal> {
+        let slot = self
+            .per_address
+            .take(ip, self.limits.max_connections_per_ip)
+            .ok_or(Refusal::TooManyFromAddress)?;
+        let permit = Arc::clone(&self.permits)
+            .try_acquire_owned()
+            .map_err(|_| Refusal::Full)?;
+        Ok(Admission {
+            _permit: permit,
+            _slot: slot,
+        })
+    }
 }
 
 /// Makes session and message ids unique across the cluster: a per-start

@@ -184,3 +184,119 @@ impl TcpClient {
         }
     }
 }
+
+/// A WebSocket spoken byte by byte, to send what a well-behaved library
+/// never would (unmasked frames, bad opcodes, invalid UTF-8).
+pub struct RawWs {
+    stream: TcpStream,
+    /// The HTTP status of the handshake answer.
+    pub status: u16,
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Sends a handshake for `path` with `extra` header lines; reads the answer's head.
+    pub async fn connect(addr: SocketAddr, path: &str, extra: &[&str]) -> RawWs {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        );
+        for h in extra {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        stream.write_all(req.as_bytes()).await.expect("write handshake");
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut stream, &mut chunk))
+                .await
+                .expect("handshake answer in time")
+                .expect("read");
+            assert!(n > 0, "closed during the handshake");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        RawWs {
+            stream,
+            status,
+            buf: buf[head_end..].to_vec(),
+        }
+    }
+
+    /// A client frame: FIN bit, opcode, payload, masked unless `unmasked`.
+    pub fn frame(fin: bool, rsv: u8, opcode: u8, payload: &[u8], unmasked: bool) -> Vec<u8> {
+        let mut f = vec![(u8::from(fin) << 7) | ((rsv & 7) << 4) | (opcode & 0x0f)];
+        let mask_bit = if unmasked { 0 } else { 0x80 };
+        match payload.len() {
+            n if n < 126 => f.push(mask_bit | n as u8),
+            n if n <= 0xffff => {
+                f.push(mask_bit | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(mask_bit | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if unmasked {
+            f.extend_from_slice(payload);
+        } else {
+            let key = [0x37u8, 0xfa, 0x21, 0x3d];
+            f.extend_from_slice(&key);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+        }
+        f
+    }
+
+    /// Writes raw bytes (errors ignored: the server may already have closed).
+    pub async fn send(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes).await;
+    }
+
+    /// Reads server frames until a close frame (its code) or end of stream
+    /// (`None`); text frames are collected into `texts`.
+    pub async fn close_code(&mut self, texts: &mut Vec<String>) -> Option<u16> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut chunk = [0u8; 8192];
+        loop {
+            // Parse whole frames from the buffer.
+            while self.buf.len() >= 2 {
+                let opcode = self.buf[0] & 0x0f;
+                let len7 = (self.buf[1] & 0x7f) as usize;
+                let (len, hdr) = match len7 {
+                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
+                    127 if self.buf.len() >= 10 => {
+                        let mut b = [0u8; 8];
+                        b.copy_from_slice(&self.buf[2..10]);
+                        (u64::from_be_bytes(b) as usize, 10)
+                    }
+                    126 | 127 => break,
+                    n => (n, 2),
+                };
+                if self.buf.len() < hdr + len {
+                    break;
+                }
+                let payload: Vec<u8> = self.buf[hdr..hdr + len].to_vec();
+                self.buf.drain(..hdr + len);
+                match opcode {
+                    8 => return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                    1 => texts.push(String::from_utf8_lossy(&payload).into_owned()),
+                    _ => {}
+                }
+            }
+            let read = tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut self.stream, &mut chunk)).await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return None,
+                Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(_) => panic!("no close from the server in time; texts so far: {texts:?}"),
+            }
+        }
+    }
+}

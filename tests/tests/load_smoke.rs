@@ -19,13 +19,22 @@ async fn the_load_tool_accounts_for_every_message() {
             pid: None,
         })
         .collect();
-    let target = Target::new(System::Switchboard, servers, loopback_sources(2), Vec::new());
+    let target = Target::new(
+        System::Switchboard,
+        servers,
+        loopback_sources(2),
+        Vec::new(),
+    );
 
     let r = scenario::smoke(&target, 400, 4).await.expect("smoke run");
 
     assert_eq!(r.servers, 2);
     assert_eq!(r.sent, 400, "the whole schedule went out: {}", r.verdict);
-    assert_eq!(r.acked, 400, "every send was acknowledged as stored: {}", r.verdict);
+    assert_eq!(
+        r.acked, 400,
+        "every send was acknowledged as stored: {}",
+        r.verdict
+    );
     assert_eq!(r.errors, 0, "first error: {:?}", r.first_error);
     assert_eq!(r.lost, 0, "{}", r.verdict);
     assert_eq!(r.delivered + r.recovered, 400, "{}", r.verdict);

@@ -8,7 +8,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::conn::LineConn;
 use crate::session;
-use crate::state::State;
+use crate::state::{Refusal, State};
 
 /// Accepts telnet clients until shutdown.
 pub async fn accept_loop(listener: TcpListener, state: Arc<State>, tracker: TaskTracker) {
@@ -30,17 +30,24 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, tracker: Task
 async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, state: Arc<State>) {
     let _ = stream.set_nodelay(true);
     crate::socket::keepalive(&stream);
-    let Ok(permit) = Arc::clone(&state.permits).try_acquire_owned() else {
-        state.metrics.refused_full.inc();
-        let alternatives = state.directory.alternatives();
-        let line = match alternatives.first() {
-            Some(s) => format!("ERR full try {}\r\n", s.tcp),
-            None => "ERR full try later: no server has room\r\n".to_owned(),
-        };
-        let _ = stream.write_all(line.as_bytes()).await;
-        let _ = stream.shutdown().await;
-        return;
+    let admission = match state.admit(peer.ip()) {
+        Ok(a) => a,
+        Err(refusal) => {
+            let line = match refusal {
+                Refusal::Full => {
+                    state.metrics.refused_full.inc();
+                    match state.directory.alternatives().first() {
+                        Some(s) => format!("ERR full try {}\r\n", s.tcp),
+                        None => "ERR full try later: no server has room\r\n".to_owned(),
+                    }
+                }
+                Refusal::TooManyFromAddress => "ERR limit too many connections from your address\r\n".to_owned(),
+            };
+            let _ = stream.write_all(line.as_bytes()).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
     };
     let conn = LineConn::new(stream, state.limits.max_message);
-    session::run(conn, state, peer, None, permit).await;
+    session::run(conn, state, peer, None, admission).await;
 }

@@ -21,7 +21,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -31,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use super::http::{self, Body};
 use crate::conn::{self, Close, WsConn};
 use crate::session::{self, HandshakeLogin};
-use crate::state::State;
+use crate::state::{Admission, Refusal, State};
 
 /// The WebSocket settings every connection gets: small buffers (the
 /// defaults cost ~128 KiB per idle connection), the configured size limits.
@@ -100,7 +99,7 @@ where
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
+        .header_read_timeout(state.limits.handshake_timeout)
         .max_buf_size(16 * 1024)
         .serve_connection(TokioIo::new(stream), service)
         .with_upgrades();
@@ -199,9 +198,24 @@ fn upgrade(
     };
     let accept = derive_accept_key(key.as_bytes());
     let login = handshake_login(&req);
-    let Ok(permit) = Arc::clone(&state.permits).try_acquire_owned() else {
-        state.metrics.refused_full.inc();
-        return http::full(&state);
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let allowed = state.allowed_origins.is_empty()
+            || origin
+                .to_str()
+                .is_ok_and(|o| state.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+        if !allowed {
+            return http::respond(StatusCode::FORBIDDEN, "text/plain", "origin not allowed\n");
+        }
+    }
+    let admission = match state.admit(peer.ip()) {
+        Ok(a) => a,
+        Err(Refusal::Full) => {
+            state.metrics.refused_full.inc();
+            return http::full(&state);
+        }
+        Err(Refusal::TooManyFromAddress) => {
+            return http::respond(StatusCode::TOO_MANY_REQUESTS, "text/plain", "too many connections from your address\n");
+        }
     };
     let Ok(accept) = HeaderValue::from_str(&accept) else {
         return http::respond(
@@ -223,9 +237,9 @@ fn upgrade(
                 .await;
                 match endpoint {
                     Endpoint::Chat => {
-                        session::run(WsConn::new(ws), state, peer, login, permit).await
+                        session::run(WsConn::new(ws), state, peer, login, admission).await
                     }
-                    Endpoint::Echo => echo(ws, state, permit).await,
+                    Endpoint::Echo => echo(ws, state, admission).await,
                 }
             }
             Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
@@ -265,7 +279,7 @@ fn handshake_login(req: &Request<Incoming>) -> Option<HandshakeLogin> {
 
 /// The echo endpoint: every text or binary message comes back; limits and
 /// close codes are those of `/ws`.
-async fn echo<S>(mut ws: WebSocketStream<S>, state: Arc<State>, permit: OwnedSemaphorePermit)
+async fn echo<S>(mut ws: WebSocketStream<S>, state: Arc<State>, admission: Admission)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
@@ -297,5 +311,5 @@ where
         }
     }
     state.metrics.connections.dec();
-    drop(permit);
+    drop(admission);
 }
