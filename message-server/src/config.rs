@@ -50,6 +50,15 @@ pub struct Config {
     #[arg(long, env = "SB_LINK_SECRET_FILE")]
     pub link_secret_file: Option<PathBuf>,
 
+    /// CA or certificate (PEM) the relay's TLS certificate must chain to;
+    /// given, the link to every relay uses TLS.
+    #[arg(long, env = "SB_RELAY_CA")]
+    pub relay_ca: Option<PathBuf>,
+
+    /// Name the relay certificate must carry (default: the host of `--relay`).
+    #[arg(long, env = "SB_RELAY_TLS_NAME")]
+    pub relay_tls_name: Option<String>,
+
     /// TLS certificate chain (PEM) for wss:// and the TCP listener.
     #[arg(long, env = "SB_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -89,6 +89,7 @@ pub struct Bound {
     login: Login,
     link_secret: Vec<u8>,
     tls: Option<tls_config::TlsAcceptor>,
+    relay_tls: Option<tls_config::TlsConnector>,
     metrics: Metrics,
     epoch: u64,
 }
@@ -120,6 +121,10 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         )?)),
         _ => None,
     };
+    let relay_tls = match &config.relay_ca {
+        Some(ca) => Some(tls_config::TlsConnector::from(tls_config::client_config(ca)?)),
+        None => None,
+    };
     let ws = TcpListener::bind(config.ws)
         .await
         .map_err(|e| ServerError::Bind(config.ws, e))?;
@@ -142,6 +147,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         login,
         link_secret,
         tls,
+        relay_tls,
         metrics: Metrics::default(),
         epoch: now_ms(),
     })
@@ -185,6 +191,7 @@ impl Bound {
             login,
             link_secret,
             tls,
+            relay_tls,
             metrics,
             epoch,
         } = self;
@@ -276,6 +283,8 @@ impl Bound {
             dead_after: limits.link_dead_after,
             queue: limits.link_queue,
             max_frame: shared::codec::DEFAULT_MAX_FRAME,
+            tls: relay_tls,
+            tls_name: config.relay_tls_name.clone(),
         };
         for (slot, addr) in config.relay.iter().enumerate() {
             background.spawn(relay_link::link_task(

@@ -21,6 +21,7 @@ use rand::Rng;
 use shared::client::Event;
 use shared::codec::LinkCodec;
 use shared::link::{BROADCAST_ROOM, Frame, LINK_VERSION, ServerAddrs, auth_tag};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -95,6 +96,10 @@ pub struct LinkContext {
     pub dead_after: Duration,
     pub queue: usize,
     pub max_frame: usize,
+    /// TLS towards the relays (`--relay-ca`), and the name their
+    /// certificates must carry (`--relay-tls-name`, else the address's host).
+    pub tls: Option<tls_config::TlsConnector>,
+    pub tls_name: Option<String>,
 }
 
 /// Why one link attempt ended.
@@ -102,6 +107,8 @@ pub struct LinkContext {
 enum LinkEnd {
     #[error("connect: {0}")]
     Connect(std::io::Error),
+    #[error("tls: {0}")]
+    Tls(String),
     #[error("handshake: {0}")]
     Handshake(String),
     #[error("refused by relay: {0}")]
@@ -164,8 +171,31 @@ async fn run_once(
         },
     };
     let _ = stream.set_nodelay(true);
-    let mut framed = Framed::new(stream, LinkCodec::new(ctx.max_frame));
+    match &ctx.tls {
+        None => linked(Framed::new(stream, LinkCodec::new(ctx.max_frame)), slot, ctx, shutdown, backoff).await,
+        Some(connector) => {
+            let host = ctx
+                .tls_name
+                .clone()
+                .unwrap_or_else(|| addr.rsplit_once(':').map_or(addr, |(h, _)| h).to_owned());
+            let name = tls_config::server_name(&host).map_err(|e| LinkEnd::Tls(e.to_string()))?;
+            let tls = tokio::time::timeout(Duration::from_secs(5), connector.connect(name, stream))
+                .await
+                .map_err(|_| LinkEnd::Tls("handshake timed out".into()))?
+                .map_err(|e| LinkEnd::Tls(e.to_string()))?;
+            linked(Framed::new(tls, LinkCodec::new(ctx.max_frame)), slot, ctx, shutdown, backoff).await
+        }
+    }
+}
 
+/// The link over an established (plain or TLS) stream: handshake, then serve.
+async fn linked<S: AsyncRead + AsyncWrite + Unpin>(
+    mut framed: Framed<S, LinkCodec>,
+    slot: usize,
+    ctx: &LinkContext,
+    shutdown: &CancellationToken,
+    backoff: &mut Duration,
+) -> Result<(), LinkEnd> {
     // Handshake: Challenge -> Hello -> Welcome.
     let first = tokio::time::timeout(Duration::from_secs(5), framed.next())
         .await

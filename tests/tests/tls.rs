@@ -1,0 +1,69 @@
+//! TLS with rustls (issue 5): `wss://` on the message server with a
+//! certificate made at test time; a plain client on the TLS port gets
+//! nowhere; a TLS client talks to users on a plain server through the relay.
+
+use std::path::Path;
+
+use futures_util::{SinkExt, StreamExt};
+use switchboard_tests::{Cluster, WsClient};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+
+fn write_self_signed(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    (cert, key)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wss_clients_talk_to_plain_clients_on_another_server() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key) = write_self_signed(dir.path());
+    let mut c = Cluster::start(1).await;
+    let (cert2, key2) = (cert.clone(), key.clone());
+    c.add_server_with("secure", move |cfg| {
+        cfg.tls_cert = Some(cert2.clone());
+        cfg.tls_key = Some(key2.clone());
+    })
+    .await;
+    let secure = c.server("secure").ws;
+
+    // TLS handshake trusting exactly our certificate, then WebSocket over it.
+    let connector = tls_config::TlsConnector::from(tls_config::client_config(&cert).expect("client config"));
+    let tcp = TcpStream::connect(secure).await.expect("connect");
+    let tls = connector
+        .connect(tls_config::server_name("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake");
+    let (mut wss, resp) = tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", secure.port()), tls)
+        .await
+        .expect("websocket over TLS");
+    assert_eq!(resp.status().as_u16(), 101);
+    wss.send(Message::text("LOGIN tess")).await.expect("send");
+    let line = wss.next().await.expect("reply").expect("frame");
+    assert!(line.to_text().expect("text").starts_with("OK LOGIN tess "));
+
+    let mut plain = WsClient::login(c.server("a").ws, "paul").await;
+    wss.send(Message::text("SEND paul over tls")).await.expect("send");
+    assert!(plain.expect_prefix("MSG ").await.ends_with("over tls"));
+    plain.send("SEND tess back in clear").await;
+    loop {
+        let m = wss.next().await.expect("frame").expect("ok");
+        let t = m.to_text().expect("text").to_owned();
+        if t.starts_with("MSG ") {
+            assert!(t.ends_with("back in clear"));
+            break;
+        }
+    }
+
+    // A plain WebSocket client on the TLS port does not get in.
+    assert!(WsClient::connect(secure, "/ws").await.is_err());
+    // A TLS client that trusts another certificate refuses the server.
+    let other = tempfile::tempdir().expect("dir");
+    let (other_cert, _) = write_self_signed(other.path());
+    let wrong = tls_config::TlsConnector::from(tls_config::client_config(&other_cert).expect("config"));
+    let tcp = TcpStream::connect(secure).await.expect("connect");
+    assert!(wrong.connect(tls_config::server_name("localhost").expect("name"), tcp).await.is_err());
+}
