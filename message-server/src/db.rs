@@ -141,12 +141,11 @@ pub fn servers_of(v: &Value) -> Vec<String> {
         _ => return out,
     };
     for (_, loc) in pairs {
-        if let Some(loc) = text(loc) {
-            if let Some((server, _)) = shared::ids::parse_location(&loc) {
-                if !out.iter().any(|s| s == server) {
-                    out.push(server.to_owned());
-                }
-            }
+        let Some(loc) = text(loc) else { continue };
+        if let Some((server, _)) = shared::ids::parse_location(&loc)
+            && !out.iter().any(|s| s == server)
+        {
+            out.push(server.to_owned());
         }
     }
     out

@@ -122,7 +122,9 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         _ => None,
     };
     let relay_tls = match &config.relay_ca {
-        Some(ca) => Some(tls_config::TlsConnector::from(tls_config::client_config(ca)?)),
+        Some(ca) => Some(tls_config::TlsConnector::from(tls_config::client_config(
+            ca,
+        )?)),
         None => None,
     };
     let ws = TcpListener::bind(config.ws)

@@ -120,7 +120,10 @@ mod tests {
     fn the_bucket_allows_a_burst_then_refuses_then_closes() {
         let mut r = RateLimiter::new(10, 3);
         let t = Instant::now();
-        assert_eq!([r.check_at(t), r.check_at(t), r.check_at(t)], [Verdict::Allow; 3]);
+        assert_eq!(
+            [r.check_at(t), r.check_at(t), r.check_at(t)],
+            [Verdict::Allow; 3]
+        );
         assert_eq!(r.check_at(t), Verdict::Refuse);
         assert_eq!(r.check_at(t), Verdict::Refuse);
         assert_eq!(r.check_at(t), Verdict::Refuse);

@@ -132,11 +132,12 @@ pub async fn link_task(addr: String, slot: usize, ctx: LinkContext, shutdown: Ca
         let mut backoff = Duration::from_millis(100);
         loop {
             let result = run_once(&addr, slot, &ctx, &shutdown, &mut backoff).await;
-            if let Some(s) = ctx.links.slots.get(slot) {
-                if s.swap(None).is_some() {
-                    ctx.metrics.links_up.dec();
-                    tracing::warn!(reason = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(), "relay link down; serving local traffic only until it is back");
-                }
+            if let Some(s) = ctx.links.slots.get(slot)
+                && s.swap(None).is_some()
+            {
+                ctx.metrics.links_up.dec();
+                let reason = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(%reason, "relay link down; serving local traffic only until it is back");
             }
             match result {
                 Err(LinkEnd::Shutdown) | Ok(()) => return,
@@ -172,7 +173,16 @@ async fn run_once(
     };
     let _ = stream.set_nodelay(true);
     match &ctx.tls {
-        None => linked(Framed::new(stream, LinkCodec::new(ctx.max_frame)), slot, ctx, shutdown, backoff).await,
+        None => {
+            linked(
+                Framed::new(stream, LinkCodec::new(ctx.max_frame)),
+                slot,
+                ctx,
+                shutdown,
+                backoff,
+            )
+            .await
+        }
         Some(connector) => {
             let host = ctx
                 .tls_name
@@ -183,7 +193,14 @@ async fn run_once(
                 .await
                 .map_err(|_| LinkEnd::Tls("handshake timed out".into()))?
                 .map_err(|e| LinkEnd::Tls(e.to_string()))?;
-            linked(Framed::new(tls, LinkCodec::new(ctx.max_frame)), slot, ctx, shutdown, backoff).await
+            linked(
+                Framed::new(tls, LinkCodec::new(ctx.max_frame)),
+                slot,
+                ctx,
+                shutdown,
+                backoff,
+            )
+            .await
         }
     }
 }

@@ -21,8 +21,8 @@ use tracing::Instrument;
 use crate::conn::{Close, Conn, Input, code};
 use crate::directory::now_ms;
 use crate::hub::{Out, SessionHandle};
-use crate::router::{Job, Origin};
 use crate::limits::{RateLimiter, Verdict};
+use crate::router::{Job, Origin};
 use crate::state::{Admission, Login, State};
 
 /// Messages read from an inbox per Redis round trip during a replay.
@@ -151,7 +151,7 @@ impl Session {
                     return Some(Close::new(code::POLICY, Some(ErrCode::Limit), "too slow: pushes were not read in time"));
                 }
                 out = rx.recv() => {
-                    let Some(out) = out else { return None };
+                    let out = out?;
                     if let Err(e) = self.write_batch(conn, out, &mut rx).await {
                         tracing::debug!(error = %e, "write failed");
                         return None;
@@ -262,10 +262,10 @@ impl Session {
         match out {
             Out::Reply(line) => conn.feed(line).await,
             Out::Event(ev) => {
-                if let Event::Direct { seq, .. } = &*ev {
-                    if *seq <= self.replayed_upto {
-                        return Ok(());
-                    }
+                if let Event::Direct { seq, .. } = &*ev
+                    && *seq <= self.replayed_upto
+                {
+                    return Ok(());
                 }
                 conn.feed(ev.render(self.enc)).await
             }

@@ -236,7 +236,7 @@ mod tests {
             addrs: ServerAddrs::default(),
             auth: vec![],
         };
-        let mut buf = encode_all(&[frame.clone()]);
+        let mut buf = encode_all(std::slice::from_ref(&frame));
         assert_eq!(
             LinkCodec::default().decode(&mut buf).expect("ok"),
             Some(frame)

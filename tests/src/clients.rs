@@ -207,22 +207,30 @@ impl RawWs {
             req.push_str("\r\n");
         }
         req.push_str("\r\n");
-        stream.write_all(req.as_bytes()).await.expect("write handshake");
+        stream
+            .write_all(req.as_bytes())
+            .await
+            .expect("write handshake");
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
         let head_end = loop {
             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
-            let n = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut stream, &mut chunk))
-                .await
-                .expect("handshake answer in time")
-                .expect("read");
+            let n =
+                tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut stream, &mut chunk))
+                    .await
+                    .expect("handshake answer in time")
+                    .expect("read");
             assert!(n > 0, "closed during the handshake");
             buf.extend_from_slice(&chunk[..n]);
         };
         let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-        let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
         RawWs {
             stream,
             status,
@@ -271,7 +279,9 @@ impl RawWs {
                 let opcode = self.buf[0] & 0x0f;
                 let len7 = (self.buf[1] & 0x7f) as usize;
                 let (len, hdr) = match len7 {
-                    126 if self.buf.len() >= 4 => (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4),
+                    126 if self.buf.len() >= 4 => {
+                        (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+                    }
                     127 if self.buf.len() >= 10 => {
                         let mut b = [0u8; 8];
                         b.copy_from_slice(&self.buf[2..10]);
@@ -286,12 +296,19 @@ impl RawWs {
                 let payload: Vec<u8> = self.buf[hdr..hdr + len].to_vec();
                 self.buf.drain(..hdr + len);
                 match opcode {
-                    8 => return (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]])),
+                    8 => {
+                        return (payload.len() >= 2)
+                            .then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    }
                     1 => texts.push(String::from_utf8_lossy(&payload).into_owned()),
                     _ => {}
                 }
             }
-            let read = tokio::time::timeout_at(deadline, tokio::io::AsyncReadExt::read(&mut self.stream, &mut chunk)).await;
+            let read = tokio::time::timeout_at(
+                deadline,
+                tokio::io::AsyncReadExt::read(&mut self.stream, &mut chunk),
+            )
+            .await;
             match read {
                 Ok(Ok(0)) | Ok(Err(_)) => return None,
                 Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),

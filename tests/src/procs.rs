@@ -22,7 +22,11 @@ fn bin_path(name: &str) -> std::path::PathBuf {
         .and_then(|deps| deps.parent())
         .expect("target/<profile>/deps");
     let path = dir.join(name);
-    assert!(path.exists(), "{} not built; run the tests with cargo test", path.display());
+    assert!(
+        path.exists(),
+        "{} not built; run the tests with cargo test",
+        path.display()
+    );
     path
 }
 
@@ -71,7 +75,10 @@ impl Proc {
             let lines = Arc::clone(&lines);
             std::thread::spawn(move || {
                 for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    lines.lock().unwrap_or_else(|p| p.into_inner()).push(strip_ansi(&line));
+                    lines
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(strip_ansi(&line));
                 }
             });
         }
@@ -95,14 +102,22 @@ impl Proc {
             {
                 return l.clone();
             }
-            assert!(Instant::now() < deadline, "{} never printed {needle:?}; output:\n{}", self.name, self.output());
+            assert!(
+                Instant::now() < deadline,
+                "{} never printed {needle:?}; output:\n{}",
+                self.name,
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// Everything printed so far.
     pub fn output(&self) -> String {
-        self.lines.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+        self.lines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
     }
 
     /// The process id.
@@ -118,7 +133,10 @@ impl Proc {
 
     /// `kill -TERM`.
     pub fn term(&self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// Waits for the process to exit.
@@ -221,7 +239,12 @@ impl ServerProc {
             if n >= times {
                 return;
             }
-            assert!(Instant::now() < deadline, "{} did not link; output:\n{}", self.id, self.proc.output());
+            assert!(
+                Instant::now() < deadline,
+                "{} did not link; output:\n{}",
+                self.id,
+                self.proc.output()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -72,17 +72,29 @@ async fn run_device(d: Device, stop: Arc<AtomicBool>) -> Tally {
     let plan: Vec<(String, String, String)> = (0..PER_DEVICE)
         .map(|n| {
             let to = d.peers[n % d.peers.len()].clone();
-            (format!("{}-{}-{n}", d.user, d.device), to, format!("{}/{} says {n}", d.user, d.device))
+            (
+                format!("{}-{}-{n}", d.user, d.device),
+                to,
+                format!("{}/{} says {n}", d.user, d.device),
+            )
         })
         .collect();
     let mut next = 0usize; // next never-sent message
     let mut pref = 0usize;
     let deadline = Instant::now() + Duration::from_secs(120);
     'connection: loop {
-        assert!(Instant::now() < deadline, "{}/{} never finished", d.user, d.device);
+        assert!(
+            Instant::now() < deadline,
+            "{}/{} never finished",
+            d.user,
+            d.device
+        );
         let addr = d.servers[pref % d.servers.len()];
-        let Ok(Ok((mut ws, _))) =
-            tokio::time::timeout(Duration::from_secs(2), tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))).await
+        let Ok(Ok((mut ws, _))) = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio_tungstenite::connect_async(format!("ws://{addr}/ws")),
+        )
+        .await
         else {
             pref += 1;
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -94,7 +106,9 @@ async fn run_device(d: Device, stop: Arc<AtomicBool>) -> Tally {
         }
         // Resend everything not acknowledged, in order (same cid: stored once).
         let mut in_flight: Vec<usize> = Vec::new();
-        let unacked: Vec<usize> = (0..next).filter(|i| !tally.acked.contains_key(&plan[*i].0)).collect();
+        let unacked: Vec<usize> = (0..next)
+            .filter(|i| !tally.acked.contains_key(&plan[*i].0))
+            .collect();
         let sync = json!({"op":"sync","after":contiguous(&tally.history)}).to_string();
         if ws.send(Message::text(sync)).await.is_err() {
             continue;
@@ -114,7 +128,8 @@ async fn run_device(d: Device, stop: Arc<AtomicBool>) -> Tally {
         loop {
             let all_acked = next == plan.len() && in_flight.is_empty();
             if all_acked && stop.load(Ordering::SeqCst) && !final_sync_sent {
-                let sync = json!({"op":"sync","after":contiguous(&tally.history),"cid":"final"}).to_string();
+                let sync = json!({"op":"sync","after":contiguous(&tally.history),"cid":"final"})
+                    .to_string();
                 if ws.send(Message::text(sync)).await.is_err() {
                     tally.reconnects += 1;
                     continue 'connection;
@@ -201,15 +216,15 @@ async fn run_device(d: Device, stop: Arc<AtomicBool>) -> Tally {
                             if v["code"] != "unavailable" {
                                 panic!("unexpected error: {v}");
                             }
-                            if let Some(cid) = v["cid"].as_str() {
-                                if let Some(i) = plan.iter().position(|p| p.0 == cid) {
-                                    in_flight.retain(|x| *x != i);
-                                    let (cid, to, text) = &plan[i];
-                                    tally.resent += 1;
-                                    let m = json!({"op":"send","to":to,"text":text,"cid":cid}).to_string();
-                                    let _ = ws.send(Message::text(m)).await;
-                                    in_flight.push(i);
-                                }
+                            if let Some(cid) = v["cid"].as_str()
+                                && let Some(i) = plan.iter().position(|p| p.0 == cid)
+                            {
+                                in_flight.retain(|x| *x != i);
+                                let (cid, to, text) = &plan[i];
+                                tally.resent += 1;
+                                let m = json!({"op":"send","to":to,"text":text,"cid":cid}).to_string();
+                                let _ = ws.send(Message::text(m)).await;
+                                in_flight.push(i);
                             }
                         }
                         other => panic!("unexpected reply {other:?}: {v}"),
@@ -227,7 +242,12 @@ async fn no_acknowledged_message_is_lost_while_servers_and_the_relay_die() {
     let mut relay = RelayProc::start(&redis.url(), link, &[]);
     let (b_ws, b_tcp) = (free_addr(), free_addr());
     let a = ServerProc::start("a", &redis.url(), link, &[]);
-    let b_args = ["--ws".to_owned(), b_ws.to_string(), "--tcp".to_owned(), b_tcp.to_string()];
+    let b_args = [
+        "--ws".to_owned(),
+        b_ws.to_string(),
+        "--tcp".to_owned(),
+        b_tcp.to_string(),
+    ];
     let b_extra: Vec<&str> = b_args.iter().map(String::as_str).collect();
     let mut b = ServerProc::start("b", &redis.url(), link, &b_extra);
     let c = ServerProc::start("c", &redis.url(), link, &[]);
@@ -292,7 +312,11 @@ async fn no_acknowledged_message_is_lost_while_servers_and_the_relay_die() {
     }
     for (user, device, t) in &tallies {
         let seqs: Vec<u64> = t.history.keys().copied().collect();
-        assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "{user}/{device} has a gap");
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "{user}/{device} has a gap"
+        );
         let mut ids = std::collections::HashSet::new();
         for m in t.history.values() {
             assert!(ids.insert(&m.id), "{user}/{device} holds {} twice", m.id);
@@ -302,11 +326,18 @@ async fn no_acknowledged_message_is_lost_while_servers_and_the_relay_die() {
         for (cid, (id, seq, to)) in &t.acked {
             acknowledged += 1;
             for dev in &by_user[to.as_str()] {
-                let m = dev.history.get(seq).unwrap_or_else(|| panic!("{cid} (seq {seq}) missing for {to}"));
+                let m = dev
+                    .history
+                    .get(seq)
+                    .unwrap_or_else(|| panic!("{cid} (seq {seq}) missing for {to}"));
                 assert_eq!(&m.id, id, "{to}'s seq {seq} is not {cid}");
             }
             for dev in &by_user[sender] {
-                assert_eq!(dev.history.values().filter(|m| &m.id == id).count(), 1, "{sender} lacks its own {cid}");
+                assert_eq!(
+                    dev.history.values().filter(|m| &m.id == id).count(),
+                    1,
+                    "{sender} lacks its own {cid}"
+                );
             }
         }
     }
@@ -318,7 +349,11 @@ async fn no_acknowledged_message_is_lost_while_servers_and_the_relay_die() {
             let (origin, n) = m.text.split_once(" says ").expect("test text");
             let n: usize = n.parse().expect("numbered text");
             if let Some(prev) = last_n.insert((origin, m.to.as_str()), n) {
-                assert!(n > prev, "{user}/{device}: {origin} -> {} out of order ({prev} then {n})", m.to);
+                assert!(
+                    n > prev,
+                    "{user}/{device}: {origin} -> {} out of order ({prev} then {n})",
+                    m.to
+                );
             }
         }
     }
@@ -332,5 +367,8 @@ async fn no_acknowledged_message_is_lost_while_servers_and_the_relay_die() {
          duplicates removed {duplicates}, resent after failures {resent}, reconnects {reconnects}, lost 0",
         faults.lock().await
     );
-    assert_eq!(acknowledged, sent, "every message was eventually acknowledged");
+    assert_eq!(
+        acknowledged, sent,
+        "every message was eventually acknowledged"
+    );
 }

@@ -58,7 +58,10 @@ async fn an_offline_user_gets_all_100_messages_in_order_on_another_server() {
     let mut bob = WsClient::login(c.server("a").ws, "bob").await;
     for n in 1..=100u64 {
         let (seq, from, _, text) = parse_msg(&bob.expect_prefix("MSG ").await);
-        assert_eq!((seq, from.as_str(), text), (n, "alice", format!("message {n}")));
+        assert_eq!(
+            (seq, from.as_str(), text),
+            (n, "alice", format!("message {n}"))
+        );
     }
     // Acknowledged on this device: the next login replays nothing.
     bob.send("ACK 100").await;
@@ -88,12 +91,23 @@ async fn every_device_ends_with_the_same_history() {
     let (phone_hist, _) = sync_text(&mut phone, 0).await;
     let (laptop_hist, _) = sync_text(&mut laptop, 0).await;
     let (bob_hist, _) = sync_text(&mut bob, 0).await;
-    assert_eq!(phone_hist.len(), 10, "alice's inbox holds all ten: {phone_hist:?}");
+    assert_eq!(
+        phone_hist.len(),
+        10,
+        "alice's inbox holds all ten: {phone_hist:?}"
+    );
     assert_eq!(phone_hist, laptop_hist, "both of alice's devices agree");
-    assert_eq!(phone_hist.keys().copied().collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>(), "dense seqs");
+    assert_eq!(
+        phone_hist.keys().copied().collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>(),
+        "dense seqs"
+    );
     let alice_texts: Vec<&String> = phone_hist.values().collect();
     let bob_texts: Vec<&String> = bob_hist.values().collect();
-    assert_eq!(alice_texts, bob_texts, "the conversation is in the same order on both sides");
+    assert_eq!(
+        alice_texts, bob_texts,
+        "the conversation is in the same order on both sides"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,19 +115,33 @@ async fn a_retried_send_with_the_same_cid_is_stored_once() {
     let c = Cluster::start(2).await;
     let a = c.server("a");
     let mut alice = WsClient::login(a.ws, "alice").await;
-    alice.send(r#"{"op":"send","to":"bob","text":"only once","cid":"c-42"}"#).await;
+    alice
+        .send(r#"{"op":"send","to":"bob","text":"only once","cid":"c-42"}"#)
+        .await;
     // The connection drops before the client reads its answer.
     drop(alice);
     let mut alice = WsClient::login(c.server("b").ws, "alice").await;
-    alice.send(r#"{"op":"send","to":"bob","text":"only once","cid":"c-42"}"#).await;
-    let first: serde_json::Value = serde_json::from_str(&alice.expect_prefix("{\"type\":\"sent\"").await).expect("json");
-    alice.send(r#"{"op":"send","to":"bob","text":"only once","cid":"c-42"}"#).await;
-    let again: serde_json::Value = serde_json::from_str(&alice.expect_prefix("{\"type\":\"sent\"").await).expect("json");
+    alice
+        .send(r#"{"op":"send","to":"bob","text":"only once","cid":"c-42"}"#)
+        .await;
+    let first: serde_json::Value =
+        serde_json::from_str(&alice.expect_prefix("{\"type\":\"sent\"").await).expect("json");
+    alice
+        .send(r#"{"op":"send","to":"bob","text":"only once","cid":"c-42"}"#)
+        .await;
+    let again: serde_json::Value =
+        serde_json::from_str(&alice.expect_prefix("{\"type\":\"sent\"").await).expect("json");
     assert_eq!(first["id"], again["id"]);
-    assert_eq!((first["seq"].as_u64(), first["cid"].as_str()), (Some(1), Some("c-42")));
+    assert_eq!(
+        (first["seq"].as_u64(), first["cid"].as_str()),
+        (Some(1), Some("c-42"))
+    );
     assert_eq!(again["seq"], first["seq"]);
     let mut conn = c.redis.conn();
-    let len: u64 = redis::cmd("XLEN").arg("sb:inbox:bob").query(&mut conn).expect("xlen");
+    let len: u64 = redis::cmd("XLEN")
+        .arg("sb:inbox:bob")
+        .query(&mut conn)
+        .expect("xlen");
     assert_eq!(len, 1, "bob's inbox holds the message once");
 }
 
@@ -150,7 +178,13 @@ async fn sync_says_so_when_the_inbox_was_lost() {
     alice.expect_prefix("OK SENT ").await;
     bob.expect_prefix("MSG 1 ").await;
     bob.send("SYNC 1").await;
-    let epoch = bob.expect_prefix("OK SYNC 1 ").await.rsplit(' ').next().expect("epoch").to_owned();
+    let epoch = bob
+        .expect_prefix("OK SYNC 1 ")
+        .await
+        .rsplit(' ')
+        .next()
+        .expect("epoch")
+        .to_owned();
     // Redis comes back empty (no persistence): bob's inbox is gone.
     c.redis.restart(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -189,7 +223,11 @@ async fn sync_reports_messages_trimmed_by_the_inbox_bound() {
     assert!(first_line.starts_with("ERR gap 1 "), "{first_line}");
     let (got, other) = sync_text(&mut bob, 0).await;
     let first = *got.keys().next().expect("some kept");
-    assert!(first > 1 && got.len() < 400, "the bound trimmed the inbox ({} kept)", got.len());
+    assert!(
+        first > 1 && got.len() < 400,
+        "the bound trimmed the inbox ({} kept)",
+        got.len()
+    );
     let gap = format!("ERR gap 1 {} trimmed by the inbox bound", first - 1);
     assert_eq!(first_line, gap);
     assert_eq!(other.last().map(String::as_str), Some(gap.as_str()));
@@ -215,11 +253,23 @@ async fn room_messages_reach_members_everywhere_and_no_server_without_members() 
 
     m1.send("PUB lobby hello room").await;
     assert!(m1.expect_prefix("OK PUB lobby ").await.len() > 13);
-    assert!(m2.expect_prefix("ROOM lobby m1 ").await.ends_with(" hello room"));
-    assert!(m3.expect_prefix("ROOM lobby m1 ").await.ends_with(" hello room"));
+    assert!(
+        m2.expect_prefix("ROOM lobby m1 ")
+            .await
+            .ends_with(" hello room")
+    );
+    assert!(
+        m3.expect_prefix("ROOM lobby m1 ")
+            .await
+            .ends_with(" hello room")
+    );
     outsider.send("PING").await;
     assert_eq!(outsider.recv().await, "PONG", "the outsider got nothing");
-    assert_eq!(c.server("c").metrics.frames_from_relay.get(), c_before, "server c got no frame");
+    assert_eq!(
+        c.server("c").metrics.frames_from_relay.get(),
+        c_before,
+        "server c got no frame"
+    );
 
     // After m2 leaves, server b stops getting the room.
     m2.send("LEAVE lobby").await;
@@ -228,13 +278,25 @@ async fn room_messages_reach_members_everywhere_and_no_server_without_members() 
     let b_before = c.server("b").metrics.frames_from_relay.get();
     m3.send("PUB lobby second").await;
     m3.expect_prefix("OK PUB lobby ").await;
-    assert!(m1.expect_prefix("ROOM lobby m3 ").await.ends_with(" second"));
+    assert!(
+        m1.expect_prefix("ROOM lobby m3 ")
+            .await
+            .ends_with(" second")
+    );
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(c.server("b").metrics.frames_from_relay.get(), b_before);
 
     // A broadcast reaches everyone on every server (insecure mode: anyone may).
     outsider.send("ALL maintenance at noon").await;
     outsider.expect_prefix("OK ALL ").await;
-    assert!(m1.expect_prefix("ALL outsider ").await.ends_with("maintenance at noon"));
-    assert!(m2.expect_prefix("ALL outsider ").await.ends_with("maintenance at noon"));
+    assert!(
+        m1.expect_prefix("ALL outsider ")
+            .await
+            .ends_with("maintenance at noon")
+    );
+    assert!(
+        m2.expect_prefix("ALL outsider ")
+            .await
+            .ends_with("maintenance at noon")
+    );
 }

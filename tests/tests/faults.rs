@@ -22,7 +22,12 @@ async fn who(c: &mut WsClient, user: &str) -> String {
 
 /// Sends until one message gets through from `from` to `to` (links may still
 /// be coming up); returns how long it took.
-async fn delivery_works(from: &mut WsClient, to: &mut WsClient, to_user: &str, limit: Duration) -> Duration {
+async fn delivery_works(
+    from: &mut WsClient,
+    to: &mut WsClient,
+    to_user: &str,
+    limit: Duration,
+) -> Duration {
     let start = Instant::now();
     let mut n = 0;
     while start.elapsed() < limit {
@@ -30,7 +35,9 @@ async fn delivery_works(from: &mut WsClient, to: &mut WsClient, to_user: &str, l
         from.send(&format!("SEND {to_user} probe {n}")).await;
         from.expect_prefix("OK SENT ").await;
         match to.next_within(Duration::from_millis(300)).await {
-            switchboard_tests::clients::Seen::Line(l) if l.starts_with("MSG ") => return start.elapsed(),
+            switchboard_tests::clients::Seen::Line(l) if l.starts_with("MSG ") => {
+                return start.elapsed();
+            }
             _ => {}
         }
     }
@@ -58,18 +65,44 @@ async fn a_killed_server_is_purged_within_5_seconds() {
     })
     .await;
     let purge_time = killed.elapsed();
-    assert!(offline.is_some(), "bob still online 5 s after kill -9 of his server");
+    assert!(
+        offline.is_some(),
+        "bob still online 5 s after kill -9 of his server"
+    );
     assert_eq!(who(&mut alice, "carol").await, "OFFLINE carol");
-    assert!(redis.keys("sb:user:*").iter().all(|k| k == "sb:user:alice" || k == "sb:user:probe"), "{:?}", redis.keys("sb:user:*"));
-    assert!(redis.keys("sb:srv:a").is_empty(), "registry entry of a is gone");
+    assert!(
+        redis
+            .keys("sb:user:*")
+            .iter()
+            .all(|k| k == "sb:user:alice" || k == "sb:user:probe"),
+        "{:?}",
+        redis.keys("sb:user:*")
+    );
+    assert!(
+        redis.keys("sb:srv:a").is_empty(),
+        "registry entry of a is gone"
+    );
     let mut conn = redis.conn();
-    let held: u64 = redis::cmd("HLEN").arg("sb:srvsess:a").query(&mut conn).expect("hlen");
+    let held: u64 = redis::cmd("HLEN")
+        .arg("sb:srvsess:a")
+        .query(&mut conn)
+        .expect("hlen");
     assert_eq!(held, 0);
     let (_, servers) = http_get(relay.admin, "/servers").await;
     let servers: serde_json::Value = serde_json::from_str(&servers).expect("servers json");
-    assert!(servers.as_array().expect("array").iter().all(|s| s["id"] != "a"), "{servers}");
+    assert!(
+        servers
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|s| s["id"] != "a"),
+        "{servers}"
+    );
     let (_, page) = http_get(relay.admin, "/metrics").await;
-    assert!(metric(&page, "relay_purge_seconds_count").unwrap_or(0.0) >= 1.0, "purge time recorded:\n{page}");
+    assert!(
+        metric(&page, "relay_purge_seconds_count").unwrap_or(0.0) >= 1.0,
+        "purge time recorded:\n{page}"
+    );
     println!("kill -9 of a server -> its users offline elsewhere: {purge_time:?}");
 }
 
@@ -95,7 +128,10 @@ async fn servers_relink_to_a_restarted_relay_by_themselves() {
         (status == 503 && body.contains("degraded")).then_some(())
     })
     .await;
-    assert!(degraded.is_some(), "server a reports degraded without a relay");
+    assert!(
+        degraded.is_some(),
+        "server a reports degraded without a relay"
+    );
     // Cross-server sends are still stored and acknowledged.
     alice.send("SEND bob while the relay is down").await;
     alice.expect_prefix("OK SENT ").await;
@@ -105,7 +141,10 @@ async fn servers_relink_to_a_restarted_relay_by_themselves() {
     a.wait_linked(2);
     b.wait_linked(2);
     let took = delivery_works(&mut alice, &mut bob, "bob", Duration::from_secs(10)).await;
-    println!("relay restart -> cross-server delivery works again: {:?}", restarted.elapsed());
+    println!(
+        "relay restart -> cross-server delivery works again: {:?}",
+        restarted.elapsed()
+    );
     assert!(took < Duration::from_secs(10));
     // The message sent while the relay was down is in bob's inbox.
     bob.send("SYNC 0").await;
@@ -117,7 +156,10 @@ async fn servers_relink_to_a_restarted_relay_by_themselves() {
         }
         found |= line.ends_with("while the relay is down");
     }
-    assert!(found, "the message stored while the relay was down is recovered by SYNC");
+    assert!(
+        found,
+        "the message stored while the relay was down is recovered by SYNC"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +188,11 @@ async fn users_are_visible_again_after_redis_restarts_empty() {
         (c.redis.keys("sb:user:*") == ["sb:user:alice", "sb:user:bob"]).then_some(())
     })
     .await;
-    assert!(back.is_some(), "sessions written again: {:?}", c.redis.keys("sb:user:*"));
+    assert!(
+        back.is_some(),
+        "sessions written again: {:?}",
+        c.redis.keys("sb:user:*")
+    );
     alice.send("WHO bob").await;
     assert_eq!(alice.expect_prefix("O").await, "ONLINE bob 1");
     alice.send("SEND bob after the flush").await;
@@ -175,9 +221,11 @@ async fn silent_clients_are_closed_after_the_idle_timeout() {
     .await
     .expect("handshake");
     let mut telnet = TcpClient::login(a.tcp, "quiet").await;
-    eventually(Duration::from_secs(3), || async { (!c.redis.keys("sb:user:ghost").is_empty()).then_some(()) })
-        .await
-        .expect("ghost logged in");
+    eventually(Duration::from_secs(3), || async {
+        (!c.redis.keys("sb:user:ghost").is_empty()).then_some(())
+    })
+    .await
+    .expect("ghost logged in");
     let start = Instant::now();
     assert_eq!(telnet.recv().await, "ERR limit idle timeout");
     telnet.expect_closed().await;
@@ -188,16 +236,26 @@ async fn silent_clients_are_closed_after_the_idle_timeout() {
         .expect("closed in time")
         .expect("read");
     let closed_after = start.elapsed();
-    let close_at = bytes.windows(2).rposition(|w| w[0] == 0x88).expect("a close frame");
+    let close_at = bytes
+        .windows(2)
+        .rposition(|w| w[0] == 0x88)
+        .expect("a close frame");
     let code = u16::from_be_bytes([bytes[close_at + 2], bytes[close_at + 3]]);
     assert_eq!(code, 1001);
-    assert!(bytes.windows(1).any(|w| w[0] == 0x89), "the server pinged the silent client");
+    assert!(
+        bytes.windows(1).any(|w| w[0] == 0x89),
+        "the server pinged the silent client"
+    );
     assert!(closed_after < Duration::from_secs(4));
     let gone = eventually(Duration::from_secs(3), || async {
         (c.redis.keys("sb:user:*").is_empty()).then_some(())
     })
     .await;
-    assert!(gone.is_some(), "idle sessions removed from Redis: {:?}", c.redis.keys("sb:user:*"));
+    assert!(
+        gone.is_some(),
+        "idle sessions removed from Redis: {:?}",
+        c.redis.keys("sb:user:*")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,12 +270,26 @@ async fn sigterm_closes_sessions_cleans_redis_and_exits_0() {
     a.proc.term();
     assert_eq!(ws.expect_close().await, Some(1001));
     assert_eq!(telnet.recv().await, "BYE");
-    let status = a.proc.wait_exit(Duration::from_secs(10)).expect("exits in time");
+    let status = a
+        .proc
+        .wait_exit(Duration::from_secs(10))
+        .expect("exits in time");
     assert!(status.success(), "exit status {status:?}");
-    assert!(redis.keys("sb:user:*").is_empty(), "{:?}", redis.keys("sb:user:*"));
-    assert!(redis.keys("sb:srv:*").is_empty(), "{:?}", redis.keys("sb:srv:*"));
+    assert!(
+        redis.keys("sb:user:*").is_empty(),
+        "{:?}",
+        redis.keys("sb:user:*")
+    );
+    assert!(
+        redis.keys("sb:srv:*").is_empty(),
+        "{:?}",
+        redis.keys("sb:srv:*")
+    );
     let mut conn = redis.conn();
-    let members: Vec<String> = redis::cmd("SMEMBERS").arg("sb:servers").query(&mut conn).expect("smembers");
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("sb:servers")
+        .query(&mut conn)
+        .expect("smembers");
     assert!(members.is_empty(), "{members:?}");
 }
 
@@ -232,6 +304,11 @@ async fn a_third_server_joins_a_running_cluster() {
     delivery_works(&mut carol, &mut bob, "bob", Duration::from_secs(5)).await;
     let (_, servers) = c.relay.get("/servers").await;
     let servers: serde_json::Value = serde_json::from_str(&servers).expect("json");
-    let ids: Vec<&str> = servers.as_array().expect("array").iter().filter_map(|s| s["id"].as_str()).collect();
+    let ids: Vec<&str> = servers
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
     assert!(ids.contains(&"c"), "{servers}");
 }

@@ -24,7 +24,10 @@ const SECRET: &str = "test-secret-0123456789abcdefghij";
 const LINK_SECRET: &str = "link-secret-abcdefghij0123456789";
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A JWT with any header and claims, signed HS256 with `secret`.
@@ -32,11 +35,18 @@ fn jwt(header: &str, claims: &str, secret: &str) -> String {
     let signing_input = format!("{}.{}", B64.encode(header), B64.encode(claims));
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
     mac.update(signing_input.as_bytes());
-    format!("{signing_input}.{}", B64.encode(mac.finalize().into_bytes()))
+    format!(
+        "{signing_input}.{}",
+        B64.encode(mac.finalize().into_bytes())
+    )
 }
 
 fn token(user: &str) -> String {
-    jwt(r#"{"alg":"HS256","typ":"JWT"}"#, &format!(r#"{{"sub":"{user}","exp":{}}}"#, now() + 3600), SECRET)
+    jwt(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"sub":"{user}","exp":{}}}"#, now() + 3600),
+        SECRET,
+    )
 }
 
 fn admin_token(user: &str) -> String {
@@ -63,17 +73,25 @@ impl Ctx {
         self.checks += 1;
         // The bystanders live under the same rate limit: back off on ERR rate.
         let ok = loop {
-            self.b1.send(&format!("SEND b2 check {}", self.checks)).await;
+            self.b1
+                .send(&format!("SEND b2 check {}", self.checks))
+                .await;
             let reply = self.b1.recv().await;
             if reply.starts_with("OK SENT ") {
                 break reply;
             }
-            assert!(reply.starts_with("ERR rate ") || reply.starts_with("ALL "), "case {case}: b1 got {reply}");
+            assert!(
+                reply.starts_with("ERR rate ") || reply.starts_with("ALL "),
+                "case {case}: b1 got {reply}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert!(ok.starts_with("OK SENT "), "case {case}: {ok}");
         let got = self.b2.expect_prefix("MSG ").await;
-        assert!(got.ends_with(&format!("check {}", self.checks)), "case {case}: b2 got {got}");
+        assert!(
+            got.ends_with(&format!("check {}", self.checks)),
+            "case {case}: b2 got {got}"
+        );
     }
 }
 
@@ -98,13 +116,25 @@ async fn expect_login_error(addr: std::net::SocketAddr, line: &str, want: &str) 
     let mut t = TcpClient::connect(addr).await;
     t.send(line).await;
     let got = t.recv().await;
-    assert!(got.starts_with(want), "{line:?}: got {got:?}, want {want:?}");
+    assert!(
+        got.starts_with(want),
+        "{line:?}: got {got:?}, want {want:?}"
+    );
     t.send("PING").await;
-    assert_eq!(t.recv().await, "PONG", "the session lives on after a refused login");
+    assert_eq!(
+        t.recv().await,
+        "PONG",
+        "the session lives on after a refused login"
+    );
 }
 
 async fn raw_ws_close(ctx: &Ctx, bytes: Vec<u8>) -> (Option<u16>, Vec<String>) {
-    let mut raw = RawWs::connect(ctx.a.ws, &format!("/ws?user=raw&token={}", token("raw")), &[]).await;
+    let mut raw = RawWs::connect(
+        ctx.a.ws,
+        &format!("/ws?user=raw&token={}", token("raw")),
+        &[],
+    )
+    .await;
     assert_eq!(raw.status, 101);
     raw.send(&bytes).await;
     let mut texts = Vec::new();
@@ -113,7 +143,9 @@ async fn raw_ws_close(ctx: &Ctx, bytes: Vec<u8>) -> (Option<u16>, Vec<String>) {
 }
 
 async fn link_handshake(ctx: &Ctx, secret: &str, version: u16) -> Framed<TcpStream, LinkCodec> {
-    let stream = TcpStream::connect(ctx.relay.link).await.expect("link connect");
+    let stream = TcpStream::connect(ctx.relay.link)
+        .await
+        .expect("link connect");
     let mut framed = Framed::new(stream, LinkCodec::default());
     let Some(Ok(Frame::Challenge { nonce, .. })) = framed.next().await else {
         panic!("no challenge from the relay");
@@ -143,7 +175,9 @@ async fn link_closed(mut framed: Framed<TcpStream, LinkCodec>) -> Option<Frame> 
 }
 
 async fn raw_link(ctx: &Ctx, bytes: &[u8]) {
-    let mut s = TcpStream::connect(ctx.relay.link).await.expect("link connect");
+    let mut s = TcpStream::connect(ctx.relay.link)
+        .await
+        .expect("link connect");
     let _ = s.write_all(bytes).await;
     let mut buf = [0u8; 1024];
     let end = tokio::time::timeout(Duration::from_secs(8), async {
@@ -208,9 +242,21 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
     let mut ctx = setup().await;
     let mut cases = 0;
     let a_tcp = ctx.a.tcp;
-    let forged = jwt(r#"{"alg":"HS256","typ":"JWT"}"#, &format!(r#"{{"sub":"alice","exp":{}}}"#, now() + 3600), "some-other-secret-xxxxxxxxxxxxxx");
-    let expired = jwt(r#"{"alg":"HS256","typ":"JWT"}"#, &format!(r#"{{"sub":"alice","exp":{}}}"#, now() - 3600), SECRET);
-    let none_alg = format!("{}.{}.", B64.encode(r#"{"alg":"none","typ":"JWT"}"#), B64.encode(format!(r#"{{"sub":"alice","exp":{}}}"#, now() + 3600)));
+    let forged = jwt(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"sub":"alice","exp":{}}}"#, now() + 3600),
+        "some-other-secret-xxxxxxxxxxxxxx",
+    );
+    let expired = jwt(
+        r#"{"alg":"HS256","typ":"JWT"}"#,
+        &format!(r#"{{"sub":"alice","exp":{}}}"#, now() - 3600),
+        SECRET,
+    );
+    let none_alg = format!(
+        "{}.{}.",
+        B64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+        B64.encode(format!(r#"{{"sub":"alice","exp":{}}}"#, now() + 3600))
+    );
     let tampered = {
         let good = token("bob");
         let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
@@ -218,14 +264,46 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
         parts.join(".")
     };
     let table: Vec<(&str, String, &str)> = vec![
-        ("login without a token", "LOGIN alice".into(), "ERR auth a token is required"),
-        ("forged token", format!("LOGIN alice {forged}"), "ERR auth token signature is invalid"),
-        ("expired token", format!("LOGIN alice {expired}"), "ERR auth token expired"),
-        ("another user's token", format!("LOGIN alice {}", token("bob")), "ERR auth token was issued to another user"),
-        ("tampered payload", format!("LOGIN alice {tampered}"), "ERR auth token signature is invalid"),
-        ("alg none", format!("LOGIN alice {none_alg}"), "ERR auth token algorithm"),
-        ("garbage token", "LOGIN alice not.a.jwt".into(), "ERR auth malformed token"),
-        ("huge token", format!("LOGIN alice {}", "A".repeat(5000)), "ERR auth"),
+        (
+            "login without a token",
+            "LOGIN alice".into(),
+            "ERR auth a token is required",
+        ),
+        (
+            "forged token",
+            format!("LOGIN alice {forged}"),
+            "ERR auth token signature is invalid",
+        ),
+        (
+            "expired token",
+            format!("LOGIN alice {expired}"),
+            "ERR auth token expired",
+        ),
+        (
+            "another user's token",
+            format!("LOGIN alice {}", token("bob")),
+            "ERR auth token was issued to another user",
+        ),
+        (
+            "tampered payload",
+            format!("LOGIN alice {tampered}"),
+            "ERR auth token signature is invalid",
+        ),
+        (
+            "alg none",
+            format!("LOGIN alice {none_alg}"),
+            "ERR auth token algorithm",
+        ),
+        (
+            "garbage token",
+            "LOGIN alice not.a.jwt".into(),
+            "ERR auth malformed token",
+        ),
+        (
+            "huge token",
+            format!("LOGIN alice {}", "A".repeat(5000)),
+            "ERR auth",
+        ),
         ("send before login", "SEND bob hi".into(), "ERR login "),
         ("join before login", "JOIN lobby".into(), "ERR login "),
     ];
@@ -238,9 +316,15 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
     // WebSocket logins at the handshake: refused with ERR auth, then close 1008.
     for (name, query) in [
         ("ws forged token", format!("/ws?user=alice&token={forged}")),
-        ("ws expired token", format!("/ws?user=alice&token={expired}")),
+        (
+            "ws expired token",
+            format!("/ws?user=alice&token={expired}"),
+        ),
         ("ws no token", "/ws?user=alice".to_owned()),
-        ("ws other user's token", format!("/ws?user=alice&token={}", token("bob"))),
+        (
+            "ws other user's token",
+            format!("/ws?user=alice&token={}", token("bob")),
+        ),
     ] {
         let mut w = WsClient::connect(ctx.a.ws, &query).await.expect("upgrade");
         let line = w.recv().await;
@@ -253,22 +337,39 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
     // A user can only send as itself; broadcast needs the admin role.
     {
         let mut alice = telnet_login(a_tcp, "alice").await;
-        alice.send(r#"{"op":"send","to":"b2","text":"spoof","from":"b1"}"#).await;
+        alice
+            .send(r#"{"op":"send","to":"b2","text":"spoof","from":"b1"}"#)
+            .await;
         let v: serde_json::Value = serde_json::from_str(&alice.recv().await).expect("json");
         assert_eq!(v["code"], "json", "an unknown 'from' field is refused");
         alice.send("ALL everyone listen").await;
         assert!(alice.recv().await.starts_with("ERR forbidden "));
         alice.send("SEND b2 signed by alice").await;
         alice.expect_prefix("OK SENT ").await;
-        assert!(ctx.b2.expect_prefix("MSG ").await.contains(" alice b2 "), "the sender is the session's user");
+        assert!(
+            ctx.b2.expect_prefix("MSG ").await.contains(" alice b2 "),
+            "the sender is the session's user"
+        );
         ctx.bystanders_fine("send as another user").await;
         let mut admin = TcpClient::connect(a_tcp).await;
-        admin.send(&format!("LOGIN root {}", admin_token("root"))).await;
+        admin
+            .send(&format!("LOGIN root {}", admin_token("root")))
+            .await;
         admin.expect_prefix("OK LOGIN root ").await;
         admin.send("ALL maintenance soon").await;
         admin.expect_prefix("OK ALL ").await;
-        assert!(ctx.b2.expect_prefix("ALL root ").await.ends_with("maintenance soon"));
-        assert!(ctx.b1.expect_prefix("ALL root ").await.ends_with("maintenance soon"));
+        assert!(
+            ctx.b2
+                .expect_prefix("ALL root ")
+                .await
+                .ends_with("maintenance soon")
+        );
+        assert!(
+            ctx.b1
+                .expect_prefix("ALL root ")
+                .await
+                .ends_with("maintenance soon")
+        );
         cases += 3;
     }
 
@@ -280,7 +381,9 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
         w.send(&ok).await;
         w.expect_prefix("OK SENT ").await;
         ctx.b2.expect_prefix("MSG ").await;
-        let _ = w.send_message(Message::text(format!("SEND b2 {}", "x".repeat(65 * 1024)))).await;
+        let _ = w
+            .send_message(Message::text(format!("SEND b2 {}", "x".repeat(65 * 1024))))
+            .await;
         assert_eq!(w.expect_close().await, Some(1009), "just over 64 KiB");
         ctx.bystanders_fine("message over the limit").await;
         let mut t = telnet_login(a_tcp, "bigline").await;
@@ -295,22 +398,70 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
     // Frames a browser or library would never send.
     let text_frame = |payload: &[u8]| RawWs::frame(true, 0, 1, payload, false);
     let frames: Vec<(&str, Vec<u8>, u16)> = vec![
-        ("invalid UTF-8 text", text_frame(b"SEND b2 \xff\xfe\xfd"), 1007),
-        ("binary frame", RawWs::frame(true, 0, 2, b"\x00\x01", false), 1003),
-        ("unmasked client frame", RawWs::frame(true, 0, 1, b"PING", true), 1002),
-        ("reserved opcode 3", RawWs::frame(true, 0, 3, b"", false), 1002),
-        ("reserved opcode 11", RawWs::frame(true, 0, 11, b"", false), 1002),
-        ("RSV1 without an extension", RawWs::frame(true, 4, 1, b"PING", false), 1002),
-        ("fragmented ping", RawWs::frame(false, 0, 9, b"x", false), 1002),
-        ("ping over 125 bytes", RawWs::frame(true, 0, 9, &[b'p'; 126], false), 1002),
-        ("continuation without a start", RawWs::frame(true, 0, 0, b"PING", false), 1002),
-        ("new message inside a fragmented one", [RawWs::frame(false, 0, 1, b"PI", false), RawWs::frame(true, 0, 1, b"NG", false)].concat(), 1002),
-        ("64-bit length over the limit", {
-            let mut f = vec![0x81u8, 0x80 | 127];
-            f.extend_from_slice(&(1u64 << 40).to_be_bytes());
-            f.extend_from_slice(&[0, 0, 0, 0]);
-            f
-        }, 1009),
+        (
+            "invalid UTF-8 text",
+            text_frame(b"SEND b2 \xff\xfe\xfd"),
+            1007,
+        ),
+        (
+            "binary frame",
+            RawWs::frame(true, 0, 2, b"\x00\x01", false),
+            1003,
+        ),
+        (
+            "unmasked client frame",
+            RawWs::frame(true, 0, 1, b"PING", true),
+            1002,
+        ),
+        (
+            "reserved opcode 3",
+            RawWs::frame(true, 0, 3, b"", false),
+            1002,
+        ),
+        (
+            "reserved opcode 11",
+            RawWs::frame(true, 0, 11, b"", false),
+            1002,
+        ),
+        (
+            "RSV1 without an extension",
+            RawWs::frame(true, 4, 1, b"PING", false),
+            1002,
+        ),
+        (
+            "fragmented ping",
+            RawWs::frame(false, 0, 9, b"x", false),
+            1002,
+        ),
+        (
+            "ping over 125 bytes",
+            RawWs::frame(true, 0, 9, &[b'p'; 126], false),
+            1002,
+        ),
+        (
+            "continuation without a start",
+            RawWs::frame(true, 0, 0, b"PING", false),
+            1002,
+        ),
+        (
+            "new message inside a fragmented one",
+            [
+                RawWs::frame(false, 0, 1, b"PI", false),
+                RawWs::frame(true, 0, 1, b"NG", false),
+            ]
+            .concat(),
+            1002,
+        ),
+        (
+            "64-bit length over the limit",
+            {
+                let mut f = vec![0x81u8, 0x80 | 127];
+                f.extend_from_slice(&(1u64 << 40).to_be_bytes());
+                f.extend_from_slice(&[0, 0, 0, 0]);
+                f
+            },
+            1009,
+        ),
     ];
     for (name, bytes, want) in frames {
         let (code, _) = raw_ws_close(&ctx, bytes).await;
@@ -321,8 +472,18 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
 
     // Handshakes.
     for (name, path, headers, want) in [
-        ("origin not allowed", "/ws", vec!["Origin: https://evil.example"], 403),
-        ("origin allowed", "/ws", vec!["Origin: https://chat.example"], 101),
+        (
+            "origin not allowed",
+            "/ws",
+            vec!["Origin: https://evil.example"],
+            403,
+        ),
+        (
+            "origin allowed",
+            "/ws",
+            vec!["Origin: https://chat.example"],
+            101,
+        ),
         ("wrong websocket version", "/ws", vec![], 0),
     ] {
         if want == 0 {
@@ -330,7 +491,10 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
             s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n").await.expect("write");
             let mut buf = vec![0u8; 512];
             let n = s.read(&mut buf).await.expect("read");
-            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 426"), "{name}");
+            assert!(
+                String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 426"),
+                "{name}"
+            );
         } else {
             let raw = RawWs::connect(ctx.a.ws, path, &headers).await;
             assert_eq!(raw.status, want, "{name}");
@@ -338,7 +502,10 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
         ctx.bystanders_fine(name).await;
         cases += 1;
     }
-    for (name, path, want) in [("not an upgrade", "/ws", 400), ("unknown path", "/nope", 404)] {
+    for (name, path, want) in [
+        ("not an upgrade", "/ws", 400),
+        ("unknown path", "/nope", 404),
+    ] {
         let (status, _) = http_get(ctx.a.ws, path).await;
         assert_eq!(status, want, "{name}");
         ctx.bystanders_fine(name).await;
@@ -347,7 +514,9 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
     {
         // Slowloris: half a request head, then nothing; closed after the handshake timeout.
         let mut s = TcpStream::connect(ctx.a.ws).await.expect("connect");
-        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgr").await.expect("write");
+        s.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgr")
+            .await
+            .expect("write");
         let mut buf = [0u8; 256];
         let r = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
@@ -375,8 +544,18 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
             ("{\"op\":\"send\"", "json"),
             (r#"{"op":"ack","seq":1e400}"#, "json"),
             (r#"{"op":"ack","seq":"7"}"#, "json"),
-            (&format!("{}{}", "[".repeat(200), "]".repeat(200)), "unknown"),
-            (&format!("{{\"op\":\"ping\",\"x\":{}1{}}}", "[".repeat(300), "]".repeat(300)), "json"),
+            (
+                &format!("{}{}", "[".repeat(200), "]".repeat(200)),
+                "unknown",
+            ),
+            (
+                &format!(
+                    "{{\"op\":\"ping\",\"x\":{}1{}}}",
+                    "[".repeat(300),
+                    "]".repeat(300)
+                ),
+                "json",
+            ),
             (r#"{"op":"teleport"}"#, "unknown"),
             (r#"{"op":"send","to":"b 2","text":"x"}"#, "syntax"),
         ] {
@@ -384,7 +563,10 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
             let reply = t.recv().await;
             let want = format!("\"code\":\"{code}\"");
             let want_text = format!("ERR {code} ");
-            assert!(reply.contains(&want) || reply.starts_with(&want_text), "{line:.40}: {reply}");
+            assert!(
+                reply.contains(&want) || reply.starts_with(&want_text),
+                "{line:.40}: {reply}"
+            );
             cases += 1;
         }
         ctx.bystanders_fine("json oddities").await;
@@ -408,7 +590,11 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
         assert!(pongs >= 9 && rate >= 1, "{pongs} pongs, {rate} refusals");
         tokio::time::sleep(Duration::from_millis(600)).await;
         t.send("PING").await;
-        assert_eq!(t.expect_prefix("PONG").await, "PONG", "the session lives on after slowing down");
+        assert_eq!(
+            t.expect_prefix("PONG").await,
+            "PONG",
+            "the session lives on after slowing down"
+        );
         ctx.bystanders_fine("over the rate").await;
         let mut f = telnet_login(a_tcp, "flood").await;
         f.send_raw("PING\r\n".repeat(200).as_bytes()).await;
@@ -437,7 +623,10 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4096).expect("rcvbuf");
         let mut sloth = socket.connect(a_tcp).await.expect("connect");
-        sloth.write_all(format!("LOGIN sloth {}\r\n", token("sloth")).as_bytes()).await.expect("login");
+        sloth
+            .write_all(format!("LOGIN sloth {}\r\n", token("sloth")).as_bytes())
+            .await
+            .expect("login");
         let mut sender = telnet_login(ctx.b.tcp, "pusher").await;
         let body = "w".repeat(60 * 1024);
         let mut acked = 0;
@@ -476,18 +665,30 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
                 n += 1;
             }
         }
-        assert!(n >= 60, "all 60 messages kept for the slow client ({n} with the login replay)");
+        assert!(
+            n >= 60,
+            "all 60 messages kept for the slow client ({n} with the login replay)"
+        );
         ctx.bystanders_fine("client that never reads").await;
         cases += 1;
     }
 
     // The relay link port.
     {
-        let refused = link_closed(link_handshake(&ctx, "wrong-secret-xxxxxxxxxxxxxxxxxxx", LINK_VERSION).await).await;
-        assert!(matches!(refused, Some(Frame::Refused { .. })), "wrong secret refused: {refused:?}");
+        let refused = link_closed(
+            link_handshake(&ctx, "wrong-secret-xxxxxxxxxxxxxxxxxxx", LINK_VERSION).await,
+        )
+        .await;
+        assert!(
+            matches!(refused, Some(Frame::Refused { .. })),
+            "wrong secret refused: {refused:?}"
+        );
         ctx.bystanders_fine("link hello with a wrong secret").await;
         let refused = link_closed(link_handshake(&ctx, LINK_SECRET, LINK_VERSION + 7).await).await;
-        assert!(matches!(refused, Some(Frame::Refused { .. })), "wrong version refused: {refused:?}");
+        assert!(
+            matches!(refused, Some(Frame::Refused { .. })),
+            "wrong version refused: {refused:?}"
+        );
         ctx.bystanders_fine("link hello with a wrong version").await;
         raw_link(&ctx, b"GET / HTTP/1.1\r\n\r\ngarbage garbage garbage").await;
         ctx.bystanders_fine("garbage on the link port").await;
@@ -512,12 +713,21 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
         }
         ctx.bystanders_fine("silent link").await;
         let (_, page) = ctx.relay.get("/metrics").await;
-        assert!(metric(&page, "relay_links_refused_total{reason=\"auth\"}").unwrap_or(0.0) >= 1.0, "{page}");
-        assert!(metric(&page, "relay_links_refused_total{reason=\"version\"}").unwrap_or(0.0) >= 1.0, "{page}");
+        assert!(
+            metric(&page, "relay_links_refused_total{reason=\"auth\"}").unwrap_or(0.0) >= 1.0,
+            "{page}"
+        );
+        assert!(
+            metric(&page, "relay_links_refused_total{reason=\"version\"}").unwrap_or(0.0) >= 1.0,
+            "{page}"
+        );
         cases += 8;
     }
 
-    println!("hostile input: {cases} cases, {} bystander checks, nothing lost", ctx.checks);
+    println!(
+        "hostile input: {cases} cases, {} bystander checks, nothing lost",
+        ctx.checks
+    );
     assert!(cases >= 40);
     // Every check reached b2's inbox exactly once, in order.
     ctx.b2.send("SYNC 0").await;
@@ -527,7 +737,10 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
         if l.starts_with("OK SYNC ") {
             break;
         }
-        if let Some(n) = l.rsplit_once("check ").and_then(|(_, n)| n.parse::<u32>().ok()) {
+        if let Some(n) = l
+            .rsplit_once("check ")
+            .and_then(|(_, n)| n.parse::<u32>().ok())
+        {
             checks.push(n);
         }
     }

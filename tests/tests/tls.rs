@@ -31,22 +31,26 @@ async fn wss_clients_talk_to_plain_clients_on_another_server() {
     let secure = c.server("secure").ws;
 
     // TLS handshake trusting exactly our certificate, then WebSocket over it.
-    let connector = tls_config::TlsConnector::from(tls_config::client_config(&cert).expect("client config"));
+    let connector =
+        tls_config::TlsConnector::from(tls_config::client_config(&cert).expect("client config"));
     let tcp = TcpStream::connect(secure).await.expect("connect");
     let tls = connector
         .connect(tls_config::server_name("localhost").expect("name"), tcp)
         .await
         .expect("TLS handshake");
-    let (mut wss, resp) = tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", secure.port()), tls)
-        .await
-        .expect("websocket over TLS");
+    let (mut wss, resp) =
+        tokio_tungstenite::client_async(format!("wss://localhost:{}/ws", secure.port()), tls)
+            .await
+            .expect("websocket over TLS");
     assert_eq!(resp.status().as_u16(), 101);
     wss.send(Message::text("LOGIN tess")).await.expect("send");
     let line = wss.next().await.expect("reply").expect("frame");
     assert!(line.to_text().expect("text").starts_with("OK LOGIN tess "));
 
     let mut plain = WsClient::login(c.server("a").ws, "paul").await;
-    wss.send(Message::text("SEND paul over tls")).await.expect("send");
+    wss.send(Message::text("SEND paul over tls"))
+        .await
+        .expect("send");
     assert!(plain.expect_prefix("MSG ").await.ends_with("over tls"));
     plain.send("SEND tess back in clear").await;
     loop {
@@ -63,7 +67,13 @@ async fn wss_clients_talk_to_plain_clients_on_another_server() {
     // A TLS client that trusts another certificate refuses the server.
     let other = tempfile::tempdir().expect("dir");
     let (other_cert, _) = write_self_signed(other.path());
-    let wrong = tls_config::TlsConnector::from(tls_config::client_config(&other_cert).expect("config"));
+    let wrong =
+        tls_config::TlsConnector::from(tls_config::client_config(&other_cert).expect("config"));
     let tcp = TcpStream::connect(secure).await.expect("connect");
-    assert!(wrong.connect(tls_config::server_name("localhost").expect("name"), tcp).await.is_err());
+    assert!(
+        wrong
+            .connect(tls_config::server_name("localhost").expect("name"), tcp)
+            .await
+            .is_err()
+    );
 }

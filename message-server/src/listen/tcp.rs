@@ -41,7 +41,9 @@ async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, state: Arc<Sta
                         None => "ERR full try later: no server has room\r\n".to_owned(),
                     }
                 }
-                Refusal::TooManyFromAddress => "ERR limit too many connections from your address\r\n".to_owned(),
+                Refusal::TooManyFromAddress => {
+                    "ERR limit too many connections from your address\r\n".to_owned()
+                }
             };
             let _ = stream.write_all(line.as_bytes()).await;
             let _ = stream.shutdown().await;

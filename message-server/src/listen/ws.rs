@@ -200,9 +200,12 @@ fn upgrade(
     let login = handshake_login(&req);
     if let Some(origin) = headers.get(header::ORIGIN) {
         let allowed = state.allowed_origins.is_empty()
-            || origin
-                .to_str()
-                .is_ok_and(|o| state.allowed_origins.iter().any(|a| a.eq_ignore_ascii_case(o)));
+            || origin.to_str().is_ok_and(|o| {
+                state
+                    .allowed_origins
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(o))
+            });
         if !allowed {
             return http::respond(StatusCode::FORBIDDEN, "text/plain", "origin not allowed\n");
         }
@@ -214,7 +217,11 @@ fn upgrade(
             return http::full(&state);
         }
         Err(Refusal::TooManyFromAddress) => {
-            return http::respond(StatusCode::TOO_MANY_REQUESTS, "text/plain", "too many connections from your address\n");
+            return http::respond(
+                StatusCode::TOO_MANY_REQUESTS,
+                "text/plain",
+                "too many connections from your address\n",
+            );
         }
     };
     let Ok(accept) = HeaderValue::from_str(&accept) else {
