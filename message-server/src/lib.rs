@@ -299,12 +299,13 @@ impl Bound {
         tracker.spawn(listen::ws::accept_loop(
             ws,
             Arc::clone(&state),
-            tls,
+            tls.clone(),
             tracker.clone(),
         ));
         tracker.spawn(listen::tcp::accept_loop(
             tcp,
             Arc::clone(&state),
+            tls,
             tracker.clone(),
         ));
         tracing::info!(server = %config.id, epoch, relays = config.relay.len(), "serving");

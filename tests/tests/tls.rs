@@ -77,3 +77,35 @@ async fn wss_clients_talk_to_plain_clients_on_another_server() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_line_port_speaks_tls_too() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key) = write_self_signed(dir.path());
+    let mut c = Cluster::start(0).await;
+    c.add_server_with("secure", move |cfg| {
+        cfg.tls_cert = Some(cert.clone());
+        cfg.tls_key = Some(key.clone());
+    })
+    .await;
+    let connector = tls_config::TlsConnector::from(
+        tls_config::client_config(&dir.path().join("cert.pem")).expect("client config"),
+    );
+    let tcp = TcpStream::connect(c.server("secure").tcp)
+        .await
+        .expect("connect");
+    let tls = connector
+        .connect(tls_config::server_name("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake");
+    let mut lines = BufReader::new(tls);
+    lines
+        .get_mut()
+        .write_all(b"LOGIN tina\r\n")
+        .await
+        .expect("write");
+    let mut line = String::new();
+    lines.read_line(&mut line).await.expect("read");
+    assert!(line.starts_with("OK LOGIN tina "), "{line}");
+}

@@ -1,9 +1,12 @@
-//! The telnet listener: one line per command, `ERR full try <addr>` at the cap.
+//! The telnet listener: one line per command, `ERR full try <addr>` at the
+//! cap. With `--tls-cert`, the same port speaks TLS (e.g. `openssl s_client`).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
 use crate::conn::LineConn;
@@ -11,7 +14,12 @@ use crate::session;
 use crate::state::{Refusal, State};
 
 /// Accepts telnet clients until shutdown.
-pub async fn accept_loop(listener: TcpListener, state: Arc<State>, tracker: TaskTracker) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: Option<tls_config::TlsAcceptor>,
+    tracker: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = state.shutdown.cancelled() => return,
@@ -20,16 +28,34 @@ pub async fn accept_loop(listener: TcpListener, state: Arc<State>, tracker: Task
         match accepted {
             Ok((stream, peer)) => {
                 let state = Arc::clone(&state);
-                tracker.spawn(async move { serve(stream, peer, state).await });
+                let tls = tls.clone();
+                tracker.spawn(async move {
+                    let _ = stream.set_nodelay(true);
+                    crate::socket::keepalive(&stream);
+                    match tls {
+                        None => serve(stream, peer, state).await,
+                        Some(acceptor) => {
+                            let handshake = acceptor.accept(stream);
+                            match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+                                Ok(Ok(tls_stream)) => serve(tls_stream, peer, state).await,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                                }
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        }
+                    }
+                });
             }
             Err(e) => super::accept_backoff(&e).await,
         }
     }
 }
 
-async fn serve(mut stream: TcpStream, peer: std::net::SocketAddr, state: Arc<State>) {
-    let _ = stream.set_nodelay(true);
-    crate::socket::keepalive(&stream);
+async fn serve<S>(mut stream: S, peer: SocketAddr, state: Arc<State>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let admission = match state.admit(peer.ip()) {
         Ok(a) => a,
         Err(refusal) => {
