@@ -209,7 +209,11 @@ async fn sync_says_so_when_the_inbox_was_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_reports_messages_trimmed_by_the_inbox_bound() {
-    let c = Cluster::start_with(1, |cfg| cfg.limits.inbox_max_len = 10).await;
+    let c = Cluster::start_with(1, |cfg| {
+        cfg.limits.inbox_max_len = 10;
+        cfg.limits.rate_limit = 0; // 400 sends at once: this test is about the bound
+    })
+    .await;
     let mut alice = WsClient::login(c.server("a").ws, "alice").await;
     for n in 1..=400 {
         alice.send(&format!("SEND bob n{n}")).await;
@@ -299,4 +303,29 @@ async fn room_messages_reach_members_everywhere_and_no_server_without_members() 
             .await
             .ends_with("maintenance at noon")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_older_than_the_age_bound_leave_the_inbox() {
+    let c = Cluster::start_with(1, |cfg| {
+        cfg.limits.inbox_max_age = Duration::from_millis(1000)
+    })
+    .await;
+    let mut alice = WsClient::login(c.server("a").ws, "alice").await;
+    let mut send = async |range: std::ops::RangeInclusive<u32>| {
+        for n in range {
+            alice.send(&format!("SEND bob n{n}")).await;
+            alice.expect_prefix("OK SENT ").await;
+        }
+    };
+    send(1..=20).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    send(21..=25).await; // keeps the inbox alive
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    send(26..=32).await; // the 32nd append checks the age: 1..=20 are past it
+    let mut bob = WsClient::login(c.server("a").ws, "bob").await;
+    let first = bob.recv().await;
+    assert_eq!(first, "ERR gap 1 20 trimmed by the inbox bound");
+    let (seq, _, _, text) = parse_msg(&bob.expect_prefix("MSG ").await);
+    assert_eq!((seq, text.as_str()), (21, "n21"));
 }

@@ -240,10 +240,15 @@ impl Fake {
     /// The next frame that is not the relay's heartbeat (answered on the
     /// way, as a server would); `None` when the relay closed the link.
     async fn recv(&mut self) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + FRAME_WAIT;
         loop {
-            match next_frame(&mut self.framed).await {
-                Some(Frame::Ping(n)) => self.send(Frame::Pong(n)).await,
-                other => return other,
+            let next = tokio::time::timeout_at(deadline, self.framed.next())
+                .await
+                .unwrap_or_else(|_| panic!("no frame but heartbeats within {FRAME_WAIT:?}"));
+            match next {
+                Some(Ok(Frame::Ping(n))) => self.send(Frame::Pong(n)).await,
+                Some(Ok(frame)) => return Some(frame),
+                Some(Err(_)) | None => return None,
             }
         }
     }
@@ -861,4 +866,68 @@ async fn shutdown_says_bye_and_returns_promptly() {
     assert!(TcpStream::connect(relay.link).await.is_err());
     // And a server that said nothing was purged by no one.
     assert_eq!(relay.metrics.purges(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_stops_reading_slows_no_one_and_is_cut_off() {
+    let redis = RedisServer::start();
+    let relay = start_relay(&redis, |c| {
+        c.link_queue = 16;
+        c.heartbeat = Duration::from_millis(100);
+        c.dead_after = Duration::from_millis(500);
+        c.purge_grace = Duration::from_millis(100);
+    })
+    .await;
+    let mut a = Fake::link(relay.link, "a", 1).await;
+    // b keeps sending heartbeats but never reads again.
+    let b = Fake::link(relay.link, "b", 1).await;
+    let (_unread, write) = b.framed.into_inner().into_split();
+    let mut b_out = tokio_util::codec::FramedWrite::new(write, LinkCodec::default());
+    let heartbeats = tokio::spawn(async move {
+        for n in 0.. {
+            if b_out.send(Frame::Ping(n)).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+
+    // Far more than the socket buffers hold.
+    let text = "x".repeat(2000);
+    for _ in 0..15_000 {
+        a.framed.feed(deliver("b", &text)).await.expect("feed");
+    }
+    SinkExt::<Frame>::flush(&mut a.framed).await.expect("flush");
+    // The relay kept reading a the whole time.
+    tokio::time::timeout(Duration::from_secs(5), a.sync())
+        .await
+        .expect("a is served while b is stuck");
+    assert!(
+        relay
+            .metric("relay_frames_dropped_total{reason=\"queue_full\"}")
+            .await
+            > 0.0
+    );
+    // b is declared dead although it still sends: the relay cut it off.
+    // (a keeps answering heartbeats meanwhile, as a live server does.)
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        a.sync().await;
+        let ids: Vec<Value> = relay
+            .servers()
+            .await
+            .into_iter()
+            .map(|s| s["id"].clone())
+            .collect();
+        if ids == ["a"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stuck link is still up: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(relay.metrics.links(), 1);
+    heartbeats.abort();
 }
