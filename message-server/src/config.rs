@@ -166,7 +166,7 @@ pub struct Limits {
     #[arg(long, env = "SB_REGISTRY_TTL", default_value = "30s", value_parser = parse_duration)]
     pub registry_ttl: Duration,
 
-    /// Direct messages being stored at once (Redis requests in flight).
+    /// Messages waiting to be stored before senders wait (backpressure).
     #[arg(long, env = "SB_STORE_INFLIGHT", default_value_t = 1024)]
     pub store_inflight: usize,
 

@@ -22,6 +22,10 @@ pub enum DbError {
     /// Redis refused or the connection failed.
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
+    /// The whole pipeline failed (connection lost); this command may or
+    /// may not have run.
+    #[error("redis unavailable: {0}")]
+    Unavailable(String),
     /// A reply did not have the shape our script returns.
     #[error("unexpected redis reply: {0}")]
     Shape(&'static str),

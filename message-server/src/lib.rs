@@ -50,6 +50,10 @@ use relay_link::{LinkContext, Links};
 use state::{Ids, Login, State};
 use store::{Store, StoreLimits};
 
+/// Redis pipelines the router keeps in flight: enough to overlap one
+/// batch's fsync with the next batch's sending.
+const STORE_PIPELINES: usize = 4;
+
 /// Why a server could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -252,7 +256,7 @@ impl Bound {
                 hub: Arc::clone(&hub),
                 links: Arc::clone(&links),
                 metrics: metrics.clone(),
-                max_inflight: limits.store_inflight.max(1),
+                max_inflight: STORE_PIPELINES,
             }
             .run(router_rx),
         );

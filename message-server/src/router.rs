@@ -2,13 +2,14 @@
 //! broadcast of this server passes through one task, in order.
 //!
 //! Sessions submit [`Job`]s into a bounded queue (a full queue makes them
-//! wait: backpressure reaches the client's socket). The router starts each
-//! job's Redis script at once, keeping up to `store_inflight` in flight on
-//! the one multiplexed connection (so Redis groups their fsyncs), and
-//! finishes them strictly in submission order ([`FuturesOrdered`]): since
-//! Redis ran them in that order too, every recipient is pushed its messages
-//! in the order their `seq`s were given. Only after the store does anything
-//! get pushed, and only after that does the sender get `OK SENT`.
+//! wait: backpressure reaches the client's socket). The router sends
+//! whatever is queued as one Redis pipeline (one write, one read, and with
+//! many commands per fsync), keeps a few pipelines in flight on the one
+//! multiplexed connection, and finishes them strictly in the order they
+//! were sent ([`FuturesOrdered`]): since Redis ran them in that order too,
+//! every recipient is pushed its messages in the order their `seq`s were
+//! given. Only after the store does anything get pushed, and only after
+//! that does the sender get `OK SENT`.
 //!
 //! Routing a stored message: every local session of the recipient, every
 //! other local session of the sender, and one `Deliver` frame per other
@@ -21,6 +22,7 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
+use redis::Value;
 use shared::client::{ClientError, Encoding, ErrCode, Event, Reply};
 use shared::link::{DirectMsg, Frame, RoomMsg};
 use tokio::sync::mpsc;
@@ -29,7 +31,7 @@ use crate::db::DbError;
 use crate::hub::{Hub, Out, SessionHandle};
 use crate::metrics::Metrics;
 use crate::relay_link::Links;
-use crate::store::{Store, Stored};
+use crate::store::{Store, Stored, parse_send_reply};
 
 /// Who asked, and how to answer them.
 #[derive(Debug, Clone)]
@@ -57,13 +59,10 @@ pub enum Job {
     Broadcast { msg: RoomMsg, origin: Origin },
 }
 
-enum Done {
-    Sent(Result<Stored, DbError>, Origin),
-    Published(Result<(), DbError>, RoomMsg, Origin),
-    Broadcast(RoomMsg, Origin),
-}
+type Pending = Pin<Box<dyn Future<Output = Vec<(Job, Result<Value, DbError>)>> + Send>>;
 
-type Pending = Pin<Box<dyn Future<Output = Done> + Send>>;
+/// Jobs sent to Redis as one pipeline.
+const MAX_BATCH: usize = 256;
 
 /// The router task's state.
 pub struct Router {
@@ -72,20 +71,38 @@ pub struct Router {
     pub hub: Arc<Hub>,
     pub links: Arc<Links>,
     pub metrics: Metrics,
+    /// Pipelines in flight at once.
     pub max_inflight: usize,
 }
 
 impl Router {
     /// Runs until every job sender is gone and every job is finished.
+    ///
+    /// Whatever jobs are queued when Redis can take more go out together as
+    /// one pipeline (one write, one read, one fsync group); several
+    /// pipelines may be in flight, finished in the order they were sent.
     pub async fn run(self, mut jobs: mpsc::Receiver<Job>) {
         let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
         let mut open = true;
         loop {
             tokio::select! {
                 biased;
-                Some(done) = inflight.next(), if !inflight.is_empty() => self.finish(done).await,
+                Some(done) = inflight.next(), if !inflight.is_empty() => {
+                    for (job, result) in done {
+                        self.finish(job, result).await;
+                    }
+                }
                 job = jobs.recv(), if open && inflight.len() < self.max_inflight => match job {
-                    Some(job) => inflight.push_back(self.start(job)),
+                    Some(job) => {
+                        let mut batch = vec![job];
+                        while batch.len() < MAX_BATCH {
+                            match jobs.try_recv() {
+                                Ok(job) => batch.push(job),
+                                Err(_) => break,
+                            }
+                        }
+                        inflight.push_back(self.start(batch));
+                    }
                     None => open = false,
                 },
                 else => break,
@@ -93,29 +110,52 @@ impl Router {
         }
     }
 
-    fn start(&self, job: Job) -> Pending {
+    fn start(&self, batch: Vec<Job>) -> Pending {
         let store = self.store.clone();
-        match job {
-            Job::Send { msg, origin } => Box::pin(async move {
-                let result = store.send(msg, origin.cid.as_deref()).await;
-                Done::Sent(result, origin)
-            }),
-            Job::Publish { msg, origin } => Box::pin(async move {
-                let result = store.room_append(&msg).await;
-                Done::Published(result, msg, origin)
-            }),
-            Job::Broadcast { msg, origin } => Box::pin(async move { Done::Broadcast(msg, origin) }),
-        }
+        let cmds: Vec<redis::Cmd> = batch
+            .iter()
+            .filter_map(|job| match job {
+                Job::Send { msg, origin } => Some(store.send_cmd(msg, origin.cid.as_deref())),
+                Job::Publish { msg, .. } => Some(store.room_cmd(msg)),
+                Job::Broadcast { .. } => None,
+            })
+            .collect();
+        Box::pin(async move {
+            let mut results = if cmds.is_empty() {
+                Vec::new()
+            } else {
+                store.run(&cmds).await
+            }
+            .into_iter();
+            batch
+                .into_iter()
+                .map(|job| {
+                    let result = match job {
+                        Job::Broadcast { .. } => Ok(Value::Nil),
+                        _ => results
+                            .next()
+                            .unwrap_or(Err(DbError::Shape("missing pipeline reply"))),
+                    };
+                    (job, result)
+                })
+                .collect()
+        })
     }
 
-    async fn finish(&self, done: Done) {
-        match done {
-            Done::Sent(Ok(stored), origin) => self.route_direct(stored, origin).await,
-            Done::Sent(Err(e), origin) => {
-                tracing::warn!(error = %e, "message not stored");
-                origin.answer(unavailable("message not stored: storage is unavailable; send it again with the same cid"), &self.metrics);
+    async fn finish(&self, job: Job, result: Result<Value, DbError>) {
+        match (job, result) {
+            (Job::Send { msg, origin }, Ok(reply)) => {
+                let parsed = match &reply {
+                    Value::Array(items) => parse_send_reply(msg, items),
+                    _ => Err(DbError::Shape("send reply is not an array")),
+                };
+                match parsed {
+                    Ok(stored) => self.route_direct(stored, origin).await,
+                    Err(e) => self.not_stored(&e, &origin),
+                }
             }
-            Done::Published(Ok(()), msg, origin) => {
+            (Job::Send { origin, .. }, Err(e)) => self.not_stored(&e, &origin),
+            (Job::Publish { msg, origin }, Ok(_)) => {
                 let event = Arc::new(Event::Room(msg.clone()));
                 self.hub
                     .push_room(&msg.room, &event, Some(origin.session.id));
@@ -123,14 +163,14 @@ impl Router {
                 self.links.send(Frame::Room { msg }).await;
                 origin.answer(Reply::Published { room, id }, &self.metrics);
             }
-            Done::Published(Err(e), _, origin) => {
+            (Job::Publish { origin, .. }, Err(e)) => {
                 tracing::warn!(error = %e, "room message not stored");
                 origin.answer(
                     unavailable("room message not sent: storage is unavailable"),
                     &self.metrics,
                 );
             }
-            Done::Broadcast(msg, origin) => {
+            (Job::Broadcast { msg, origin }, _) => {
                 let event = Arc::new(Event::Room(msg.clone()));
                 self.hub.push_everyone(&event, Some(origin.session.id));
                 let (room, id) = (msg.room.clone(), msg.id.clone());
@@ -138,6 +178,16 @@ impl Router {
                 origin.answer(Reply::Published { room, id }, &self.metrics);
             }
         }
+    }
+
+    fn not_stored(&self, e: &DbError, origin: &Origin) {
+        tracing::warn!(error = %e, "message not stored");
+        origin.answer(
+            unavailable(
+                "message not stored: storage is unavailable; send it again with the same cid",
+            ),
+            &self.metrics,
+        );
     }
 
     async fn route_direct(&self, stored: Stored, origin: Origin) {

@@ -62,22 +62,21 @@ impl Store {
         Store { db, limits }
     }
 
-    /// Stores `msg` in the inboxes of `msg.to` and `msg.from` (one script,
-    /// one round trip) and returns where its recipients are. With a `cid`,
-    /// a retry returns the first store's answer and stores nothing.
-    pub async fn send(&self, msg: DirectMsg, cid: Option<&str>) -> Result<Stored, DbError> {
-        let cid_key = keys::cid(&msg.from, cid.unwrap_or("-"));
-        let reply: Vec<Value> = self
-            .db
-            .scripts
-            .send
-            .key(keys::seq(&msg.to))
-            .key(keys::inbox(&msg.to))
-            .key(keys::user(&msg.to))
-            .key(keys::seq(&msg.from))
-            .key(keys::inbox(&msg.from))
-            .key(keys::user(&msg.from))
-            .key(cid_key)
+    /// The command that stores `msg` in the inboxes of `msg.to` and
+    /// `msg.from` (one script, one round trip) and answers where their
+    /// sessions are ([`parse_send_reply`]). With a `cid`, a retry answers
+    /// with the first store and stores nothing.
+    pub fn send_cmd(&self, msg: &DirectMsg, cid: Option<&str>) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(self.db.scripts.send.get_hash())
+            .arg(7)
+            .arg(keys::seq(&msg.to))
+            .arg(keys::inbox(&msg.to))
+            .arg(keys::user(&msg.to))
+            .arg(keys::seq(&msg.from))
+            .arg(keys::inbox(&msg.from))
+            .arg(keys::user(&msg.from))
+            .arg(keys::cid(&msg.from, cid.unwrap_or("-")))
             .arg(&msg.id)
             .arg(&msg.from)
             .arg(&msg.to)
@@ -87,11 +86,93 @@ impl Store {
             .arg(self.limits.inbox_max_age.as_millis() as u64)
             .arg(cid.unwrap_or(""))
             .arg(self.limits.cid_ttl.as_secs().max(1))
+            .arg(&msg.id);
+        cmd
+    }
+
+    /// The command that appends a room message to the room's bounded history.
+    pub fn room_cmd(&self, msg: &RoomMsg) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(keys::room(&msg.room))
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.limits.room_history)
+            .arg("*")
+            .arg("id")
             .arg(&msg.id)
-            .invoke_async(&mut self.db.conn())
-            .await
-            .map_err(|e| self.db.failed(e))?;
-        parse_send_reply(msg, &reply)
+            .arg("f")
+            .arg(&msg.from)
+            .arg("ts")
+            .arg(msg.ts)
+            .arg("x")
+            .arg(&msg.text);
+        cmd
+    }
+
+    /// Runs `cmds` as one pipeline (one write, one read: Redis runs them in
+    /// this order, back to back) and returns each one's reply. When Redis
+    /// has lost its script cache (a restart), the scripts are loaded and the
+    /// commands that met `NOSCRIPT`, and so did not run, are run again.
+    pub async fn run(&self, cmds: &[redis::Cmd]) -> Vec<Result<Value, DbError>> {
+        let mut conn = self.db.conn();
+        let mut results = match Self::pipeline(&mut conn, cmds.iter()).await {
+            Ok(r) => r,
+            Err(e) => {
+                let e = self.db.failed(e);
+                return cmds
+                    .iter()
+                    .map(|_| Err(DbError::Unavailable(e.to_string())))
+                    .collect();
+            }
+        };
+        let missing: Vec<usize> = results
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)))
+            .map(|(i, _)| i)
+            .collect();
+        if !missing.is_empty() {
+            tracing::info!(
+                commands = missing.len(),
+                "redis lost its scripts; loading them again"
+            );
+            let retried = match self.db.scripts.send.load_async(&mut conn).await {
+                Ok(_) => Self::pipeline(&mut conn, missing.iter().map(|i| &cmds[*i])).await,
+                Err(e) => Err(e),
+            };
+            match retried {
+                Ok(again) => {
+                    for (i, r) in missing.into_iter().zip(again) {
+                        results[i] = r;
+                    }
+                }
+                Err(e) => {
+                    for i in missing {
+                        results[i] = Err(redis::RedisError::from((
+                            redis::ErrorKind::Io,
+                            "retry failed",
+                            e.to_string(),
+                        )));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.map_err(|e| self.db.failed(e)))
+            .collect()
+    }
+
+    async fn pipeline<'a>(
+        conn: &mut redis::aio::ConnectionManager,
+        cmds: impl Iterator<Item = &'a redis::Cmd>,
+    ) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for cmd in cmds {
+            pipe.add_command(cmd.clone());
+        }
+        pipe.query_async(conn).await
     }
 
     /// Reads up to `count` messages of `user`'s inbox after `after`.
@@ -186,32 +267,10 @@ impl Store {
             .map_err(|e| self.db.failed(e))?;
         Ok(v.unwrap_or(0))
     }
-
-    /// Appends a room message to the room's bounded history.
-    pub async fn room_append(&self, msg: &RoomMsg) -> Result<(), DbError> {
-        let _: Value = redis::cmd("XADD")
-            .arg(keys::room(&msg.room))
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.limits.room_history)
-            .arg("*")
-            .arg("id")
-            .arg(&msg.id)
-            .arg("f")
-            .arg(&msg.from)
-            .arg("ts")
-            .arg(msg.ts)
-            .arg("x")
-            .arg(&msg.text)
-            .query_async(&mut self.db.conn())
-            .await
-            .map_err(|e| self.db.failed(e))?;
-        Ok(())
-    }
 }
 
 /// Reads the `send.lua` reply.
-fn parse_send_reply(mut msg: DirectMsg, reply: &[Value]) -> Result<Stored, DbError> {
+pub fn parse_send_reply(mut msg: DirectMsg, reply: &[Value]) -> Result<Stored, DbError> {
     let flag = reply
         .first()
         .and_then(int)
