@@ -2,9 +2,9 @@
 //! one call to [`main`]; the integration tests build the same entry point
 //! into a binary of their own, so a `kill -9` test kills the real thing.
 
+use crate::Config;
 use anyhow::Context as _;
 use clap::Parser;
-use crate::Config;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 

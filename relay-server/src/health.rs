@@ -54,14 +54,15 @@ impl Liveness {
         self.last_heard
     }
 
-    /// The socket took data; `flushed` when nothing waits any more.
-    pub fn wrote(&mut self, now: Instant, flushed: bool) {
-        self.stuck_since = if flushed { None } else { Some(now) };
-    }
-
     /// Data is waiting to be written (the clock starts if it was not running).
     pub fn writing(&mut self, now: Instant) {
         self.stuck_since.get_or_insert(now);
+    }
+
+    /// The socket took data: the clock stops (and starts again with the
+    /// next write).
+    pub fn flushed(&mut self) {
+        self.stuck_since = None;
     }
 
     /// The next heartbeat frame.
@@ -118,8 +119,13 @@ mod tests {
         l.writing(t0 + Duration::from_secs(3));
         assert_eq!(l.deadline(), t0 + Duration::from_secs(4));
         assert_eq!(l.verdict(t0 + Duration::from_secs(4)), Some(Death::Stalled));
-        l.wrote(t0 + Duration::from_secs(4), true);
+        l.flushed();
         assert_eq!(l.verdict(t0 + Duration::from_secs(4)), None);
+        // A new write starts a new clock.
+        l.heard(t0 + Duration::from_secs(5));
+        l.writing(t0 + Duration::from_secs(5));
+        assert_eq!(l.verdict(t0 + Duration::from_secs(6)), None);
+        assert_eq!(l.verdict(t0 + Duration::from_secs(8)), Some(Death::Silent));
     }
 
     #[test]

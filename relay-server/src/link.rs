@@ -7,7 +7,9 @@
 //!   updates the table, `Ping` is answered, `Bye` ends the link;
 //! - the link's bounded outbound queue, written by a pump that feeds every
 //!   frame available and then flushes once (batching), and that runs beside
-//!   reading, so a server that is slow to read never stops us reading it;
+//!   reading, so a server that is slow to read never stops us reading it
+//!   (one that takes nothing for `--dead-after-ms` is cut off, and frames
+//!   for it beyond its queue are dropped meanwhile);
 //! - the heartbeat interval (`Ping`) and the liveness deadline
 //!   ([`crate::health`]);
 //! - the relay's shutdown (we send `Bye`) and this link's own close signal
@@ -88,29 +90,16 @@ impl End {
 }
 
 /// Runs a link from `Welcome` to its end. Called inside the link's span.
-pub(crate) async fn run(ctx: Arc<Ctx>, mut framed: LinkFramed, hello: Accepted) {
+pub(crate) async fn run(ctx: Arc<Ctx>, framed: LinkFramed, hello: Accepted) {
     let Accepted {
         server_id,
         epoch,
         addrs,
     } = hello;
 
-    // Welcome first, so it precedes every frame queued to this server.
-    let welcome = Frame::Welcome {
-        relay_id: ctx.config.relay_id.clone(),
-    };
-    match tokio::time::timeout(ctx.config.dead_after, framed.send(welcome)).await {
-        Ok(Ok(())) => {}
-        Ok(Err(error)) => {
-            info!(%error, "link lost before welcome");
-            return;
-        }
-        Err(_) => {
-            info!("link lost: welcome not taken in time");
-            return;
-        }
-    }
-
+    // The route exists before the server can see `Welcome`, so everything
+    // sent to it once it believes it is linked reaches it; `Welcome` is the
+    // first frame the pump writes, ahead of anything queued meanwhile.
     let (tx, rx) = mpsc::channel(ctx.config.link_queue);
     let close = CancellationToken::new();
     let link = ctx.routes.next_link();
@@ -157,7 +146,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, mut framed: LinkFramed, hello: Accepted) 
     }
 }
 
-/// The link's loop; returns why it ended.
+/// The link's loop, from writing `Welcome`; returns why it ended.
 async fn serve(
     ctx: &Ctx,
     server_id: &str,
@@ -169,7 +158,10 @@ async fn serve(
 ) -> End {
     let (mut sink, mut stream) = framed.split::<Frame>();
     let mut control: VecDeque<Frame> = VecDeque::with_capacity(CONTROL_CAP);
-    let mut dirty = false;
+    control.push_back(Frame::Welcome {
+        relay_id: ctx.config.relay_id.clone(),
+    });
+    let mut writer = WriteState::default();
     let mut warned_rooms = false;
 
     let period = ctx.config.heartbeat;
@@ -199,7 +191,7 @@ async fn serve(
                 Some(Err(error)) => break End::Broken(error),
                 None => break End::Eof,
             },
-            pumped = std::future::poll_fn(|cx| pump(cx, &mut sink, &mut rx, &mut control, &mut dirty, live)) => {
+            pumped = std::future::poll_fn(|cx| pump(cx, &mut sink, &mut rx, &mut control, &mut writer, live)) => {
                 match pumped {
                     // Every sender is gone: the table dropped this route.
                     Ok(()) => break End::Replaced,
@@ -237,6 +229,18 @@ fn push_control(control: &mut VecDeque<Frame>, frame: Frame) {
     }
 }
 
+/// The write side of a link between pump turns.
+#[derive(Debug, Default)]
+struct WriteState {
+    /// Frames were fed since the last completed flush.
+    dirty: bool,
+    /// `poll_ready` said Pending: its buffer was over the sink's
+    /// backpressure mark and the socket full. Its next Ready means the
+    /// socket took bytes since (progress); a Ready from a buffer that was
+    /// under the mark all along proves nothing, so only this counts.
+    ready_blocked: bool,
+}
+
 /// Moves frames into the socket: control frames first, then every queued
 /// frame available now (up to [`MAX_BATCH`]), then one flush. Pending while
 /// there is nothing to do; ready only when the queue closed (`Ok`) or the
@@ -246,7 +250,7 @@ fn pump(
     sink: &mut Sink,
     rx: &mut mpsc::Receiver<Frame>,
     control: &mut VecDeque<Frame>,
-    dirty: &mut bool,
+    st: &mut WriteState,
     live: &mut Liveness,
 ) -> Poll<Result<(), LinkCodecError>> {
     let mut fed = 0;
@@ -254,6 +258,13 @@ fn pump(
         if fed < MAX_BATCH {
             match sink.poll_ready_unpin(cx) {
                 Poll::Ready(Ok(())) => {
+                    if st.ready_blocked {
+                        // Progress; whatever still waits gets a new clock
+                        // (the flush below stops it if nothing does).
+                        st.ready_blocked = false;
+                        live.flushed();
+                        live.writing(Instant::now());
+                    }
                     let next = match control.pop_front() {
                         Some(frame) => Some(frame),
                         None => match rx.poll_recv(cx) {
@@ -264,27 +275,22 @@ fn pump(
                     };
                     if let Some(frame) = next {
                         sink.start_send_unpin(frame)?;
-                        let now = Instant::now();
-                        if *dirty {
-                            // The socket took the previous frames' bytes.
-                            live.wrote(now, false);
-                        } else {
-                            live.writing(now);
-                        }
-                        *dirty = true;
+                        live.writing(Instant::now());
+                        st.dirty = true;
                         fed += 1;
                         continue;
                     }
                 }
                 Poll::Ready(Err(error)) => return Poll::Ready(Err(error)),
-                Poll::Pending => {}
+                Poll::Pending => st.ready_blocked = true,
             }
         }
-        if *dirty {
+        if st.dirty {
             match sink.poll_flush_unpin(cx) {
                 Poll::Ready(Ok(())) => {
-                    *dirty = false;
-                    live.wrote(Instant::now(), true);
+                    st.dirty = false;
+                    st.ready_blocked = false;
+                    live.flushed();
                     if fed < MAX_BATCH {
                         continue;
                     }
