@@ -28,7 +28,7 @@ use tokio_util::codec::Framed;
 use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::Ctx;
-use crate::link::{Accepted, LinkFramed};
+use crate::link::{Accepted, LinkFramed, LinkIo};
 use crate::metrics::RefuseReason;
 
 /// Longest address a server may report (they end up in logs and `/servers`).
@@ -88,7 +88,29 @@ async fn connection(
     if let Err(error) = stream.set_nodelay(true) {
         debug!(%error, "set_nodelay failed");
     }
-    let mut framed = Framed::new(stream, LinkCodec::new(ctx.config.max_frame));
+    let io: Box<dyn LinkIo> = match &ctx.tls {
+        None => Box::new(stream),
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                r = tokio::time::timeout(ctx.config.handshake_timeout, acceptor.accept(stream)) => r,
+            };
+            match handshake {
+                Ok(Ok(tls)) => Box::new(tls),
+                Ok(Err(error)) => {
+                    ctx.metrics.refused(RefuseReason::Protocol);
+                    warn!(%error, "link refused: TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    ctx.metrics.refused(RefuseReason::Timeout);
+                    warn!("link refused: no TLS handshake in time");
+                    return;
+                }
+            }
+        }
+    };
+    let mut framed = Framed::new(io, LinkCodec::new(ctx.config.max_frame));
     let result = tokio::select! {
         _ = ctx.shutdown.cancelled() => return,
         r = tokio::time::timeout(ctx.config.handshake_timeout, handshake(&ctx, &mut framed)) => r,

@@ -83,6 +83,15 @@ pub struct Config {
     #[arg(long, env = "SB_LINK_QUEUE", default_value_t = 8192)]
     pub link_queue: usize,
 
+    /// TLS certificate chain (PEM) for the link port; with `--tls-key`,
+    /// servers must link over TLS (they trust it with `--relay-ca`).
+    #[arg(long, env = "SB_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// TLS private key (PEM) for the link port.
+    #[arg(long, env = "SB_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
     /// Most connections (linked or in handshake) at once; more are closed.
     #[arg(long, env = "SB_MAX_LINKS", default_value_t = 1024)]
     pub max_links: usize,
@@ -116,6 +125,8 @@ impl Default for Config {
             handshake_timeout: Duration::from_millis(5000),
             max_frame: DEFAULT_MAX_FRAME,
             link_queue: 8192,
+            tls_cert: None,
+            tls_key: None,
             max_links: 1024,
         }
     }

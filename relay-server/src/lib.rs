@@ -95,6 +95,8 @@ pub(crate) struct Ctx {
     pub(crate) shutdown: CancellationToken,
     /// Every task of this relay, to wait for at shutdown.
     pub(crate) tracker: TaskTracker,
+    /// TLS on the link port, when configured.
+    pub(crate) tls: Option<tls_config::TlsAcceptor>,
 }
 
 /// A relay with its listeners bound, ready to [`run`](Bound::run).
@@ -107,6 +109,7 @@ pub struct Bound {
     admin_addr: SocketAddr,
     redis: ConnectionManager,
     metrics: Metrics,
+    tls: Option<tls_config::TlsAcceptor>,
 }
 
 impl std::fmt::Debug for Bound {
@@ -158,6 +161,12 @@ pub async fn bind(config: Config) -> Result<Bound, RelayError> {
             Vec::new()
         }
     };
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config::TlsAcceptor::from(
+            tls_config::server_config(cert, key).map_err(|e| RelayError::Config(e.to_string()))?,
+        )),
+        _ => None,
+    };
     let redis = registry::connect_lazy(&config.redis).map_err(RelayError::Redis)?;
     let (link, link_addr) = listen("link", config.listen).await?;
     let (admin, admin_addr) = listen("admin", config.admin).await?;
@@ -170,6 +179,7 @@ pub async fn bind(config: Config) -> Result<Bound, RelayError> {
         admin_addr,
         redis,
         metrics: Metrics::new(),
+        tls,
     })
 }
 
@@ -201,6 +211,7 @@ impl Bound {
             scripts: purge::Scripts::new(),
             shutdown: shutdown.child_token(),
             tracker: TaskTracker::new(),
+            tls: self.tls,
         });
         info!(
             relay_id = %ctx.config.relay_id,

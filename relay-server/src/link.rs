@@ -27,7 +27,7 @@ use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use shared::codec::{LinkCodec, LinkCodecError};
 use shared::link::{Frame, ServerAddrs};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::codec::Framed;
@@ -39,8 +39,12 @@ use crate::health::{Death, Liveness};
 use crate::metrics::DropReason;
 use crate::routes::{Interest, Outcome, Route};
 
+/// A byte stream a link runs on: plain TCP or TLS over it.
+pub(crate) trait LinkIo: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> LinkIo for T {}
+
 /// A link's framed socket.
-pub(crate) type LinkFramed = Framed<TcpStream, LinkCodec>;
+pub(crate) type LinkFramed = Framed<Box<dyn LinkIo>, LinkCodec>;
 
 type Sink = SplitSink<LinkFramed, Frame>;
 

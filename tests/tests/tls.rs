@@ -109,3 +109,49 @@ async fn the_line_port_speaks_tls_too() {
     lines.read_line(&mut line).await.expect("read");
     assert!(line.starts_with("OK LOGIN tina "), "{line}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_link_runs_over_tls() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert, key) = write_self_signed(dir.path());
+    let redis = switchboard_tests::RedisServer::start();
+    let relay = switchboard_tests::Relay::start(relay_server::Config {
+        redis: redis.url(),
+        tls_cert: Some(cert.clone()),
+        tls_key: Some(key),
+        ..relay_server::Config::default()
+    })
+    .await;
+    let server = |id: &str| {
+        let mut cfg = message_server::Config::local(id, &redis.url(), Some(relay.link));
+        cfg.relay_ca = Some(cert.clone());
+        cfg.relay_tls_name = Some("localhost".to_owned());
+        cfg
+    };
+    let a = switchboard_tests::Server::start(server("a")).await;
+    let b = switchboard_tests::Server::start(server("b")).await;
+    let mut alice = WsClient::login(a.ws, "alice").await;
+    let mut bob = WsClient::login(b.ws, "bob").await;
+    alice.send("SEND bob through a TLS link").await;
+    alice.expect_prefix("OK SENT ").await;
+    assert!(
+        bob.expect_prefix("MSG ")
+            .await
+            .ends_with("through a TLS link")
+    );
+
+    // A server that speaks plain TCP to the TLS link port never links.
+    let plain = message_server::Config::local("c", &redis.url(), Some(relay.link));
+    let bound = message_server::bind(plain).await.expect("bind");
+    let metrics = bound.metrics();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(bound.run(stop.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        metrics.links_up.get(),
+        0,
+        "a plain link was accepted by a TLS relay"
+    );
+    stop.cancel();
+    let _ = task.await;
+}
