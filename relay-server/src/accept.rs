@@ -3,7 +3,7 @@
 //! The loop only accepts, applies the `--max-links` cap and spawns; a
 //! failing `accept` (out of file descriptors, say) backs off and retries, and
 //! nothing a peer sends can reach it. Each connection's task then runs the
-//! handshake under `--handshake-timeout-ms`:
+//! handshake under `--handshake-timeout`:
 //!
 //! ```text
 //! relay -> Challenge { LINK_VERSION, fresh nonce }

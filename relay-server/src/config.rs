@@ -2,7 +2,7 @@
 //! default in one typed struct.
 //!
 //! Each flag `--foo-bar` can also be given as `SB_FOO_BAR`. Durations are
-//! whole milliseconds on the command line (`--heartbeat-ms 1000`) and
+//! written as on the message server (`250ms`, `1s`, `5m`) and are
 //! [`Duration`]s in the struct, so tests set them directly. The defaults are
 //! the laptop defaults of DESIGN.md; [`Config::default`] is the same set
 //! without reading the environment.
@@ -10,6 +10,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use shared::config::parse_duration;
 
 use shared::codec::DEFAULT_MAX_FRAME;
 
@@ -46,32 +48,32 @@ pub struct Config {
     #[arg(long, env = "SB_RELAY_ID", default_value = "relay")]
     pub relay_id: String,
 
-    /// Interval between heartbeat pings on every link, in milliseconds.
-    #[arg(long = "heartbeat-ms", value_name = "MS", env = "SB_HEARTBEAT_MS", default_value = "1000", value_parser = parse_ms)]
+    /// Interval between heartbeat pings on every link.
+    #[arg(long = "heartbeat", env = "SB_HEARTBEAT", default_value = "1s", value_parser = parse_duration)]
     pub heartbeat: Duration,
 
-    /// A link that sends nothing for this long (ms) is dead; so is one that
+    /// A link that sends nothing for this long is dead; so is one that
     /// accepts nothing we write for this long.
-    #[arg(long = "dead-after-ms", value_name = "MS", env = "SB_DEAD_AFTER_MS", default_value = "3000", value_parser = parse_ms)]
+    #[arg(long = "dead-after", env = "SB_DEAD_AFTER", default_value = "3s", value_parser = parse_duration)]
     pub dead_after: Duration,
 
-    /// After a link dies, how long (ms) the server has to link again with the
+    /// After a link dies, how long the server has to link again with the
     /// same epoch before its sessions are purged from Redis.
-    #[arg(long = "purge-grace-ms", value_name = "MS", env = "SB_PURGE_GRACE_MS", default_value = "1000", value_parser = parse_ms)]
+    #[arg(long = "purge-grace", env = "SB_PURGE_GRACE", default_value = "1s", value_parser = parse_duration)]
     pub purge_grace: Duration,
 
-    /// Interval (ms) between sweeps of the server registry for servers that
+    /// Interval between sweeps of the server registry for servers that
     /// died while no relay watched them.
-    #[arg(long = "sweep-interval-ms", value_name = "MS", env = "SB_SWEEP_INTERVAL_MS", default_value = "5000", value_parser = parse_ms)]
+    #[arg(long = "sweep-interval", env = "SB_SWEEP_INTERVAL", default_value = "5s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
 
-    /// A registry entry whose `seen` is older than this (ms), for a server
+    /// A registry entry whose `seen` is older than this, for a server
     /// not linked here, belongs to a dead server and is purged by the sweep.
-    #[arg(long = "stale-after-ms", value_name = "MS", env = "SB_STALE_AFTER_MS", default_value = "10000", value_parser = parse_ms)]
+    #[arg(long = "stale-after", env = "SB_STALE_AFTER", default_value = "10s", value_parser = parse_duration)]
     pub stale_after: Duration,
 
-    /// Time (ms) a new connection has to complete the link handshake.
-    #[arg(long = "handshake-timeout-ms", value_name = "MS", env = "SB_HANDSHAKE_TIMEOUT_MS", default_value = "5000", value_parser = parse_ms)]
+    /// Time a new connection has to complete the link handshake.
+    #[arg(long = "handshake-timeout", env = "SB_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
     /// Largest link frame body in bytes; a longer length prefix closes the link.
@@ -95,13 +97,6 @@ pub struct Config {
     /// Most connections (linked or in handshake) at once; more are closed.
     #[arg(long, env = "SB_MAX_LINKS", default_value_t = 1024)]
     pub max_links: usize,
-}
-
-fn parse_ms(s: &str) -> Result<Duration, String> {
-    s.trim()
-        .parse::<u64>()
-        .map(Duration::from_millis)
-        .map_err(|e| format!("expected whole milliseconds: {e}"))
 }
 
 impl Default for Config {
@@ -138,11 +133,11 @@ impl Config {
     /// heartbeat is due).
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
-            ("--heartbeat-ms", self.heartbeat),
-            ("--dead-after-ms", self.dead_after),
-            ("--sweep-interval-ms", self.sweep_interval),
-            ("--stale-after-ms", self.stale_after),
-            ("--handshake-timeout-ms", self.handshake_timeout),
+            ("--heartbeat", self.heartbeat),
+            ("--dead-after", self.dead_after),
+            ("--sweep-interval", self.sweep_interval),
+            ("--stale-after", self.stale_after),
+            ("--handshake-timeout", self.handshake_timeout),
         ];
         for (flag, value) in positive {
             if value.is_zero() {
@@ -150,7 +145,7 @@ impl Config {
             }
         }
         if self.dead_after <= self.heartbeat {
-            return Err("--dead-after-ms must be longer than --heartbeat-ms".into());
+            return Err("--dead-after must be longer than --heartbeat".into());
         }
         if self.link_queue == 0 || self.max_links == 0 {
             return Err("--link-queue and --max-links must be above 0".into());
@@ -181,10 +176,12 @@ mod tests {
     }
 
     #[test]
-    fn durations_are_milliseconds() {
-        let c = Config::try_parse_from(["relay-server", "--heartbeat-ms", "250"]).expect("parse");
+    fn durations_read_like_the_message_servers() {
+        let c = Config::try_parse_from(["relay-server", "--heartbeat", "250ms"]).expect("parse");
         assert_eq!(c.heartbeat, Duration::from_millis(250));
-        assert!(Config::try_parse_from(["relay-server", "--heartbeat-ms", "1s"]).is_err());
+        let c = Config::try_parse_from(["relay-server", "--stale-after", "1m"]).expect("parse");
+        assert_eq!(c.stale_after, Duration::from_secs(60));
+        assert!(Config::try_parse_from(["relay-server", "--heartbeat", "soon"]).is_err());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! - the link's bounded outbound queue, written by a pump that feeds every
 //!   frame available and then flushes once (batching), and that runs beside
 //!   reading, so a server that is slow to read never stops us reading it
-//!   (one that takes nothing for `--dead-after-ms` is cut off, and frames
+//!   (one that takes nothing for `--dead-after` is cut off, and frames
 //!   for it beyond its queue are dropped meanwhile);
 //! - the heartbeat interval (`Ping`) and the liveness deadline
 //!   ([`crate::health`]);

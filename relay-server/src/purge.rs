@@ -1,15 +1,15 @@
 //! Removing what dead servers left in Redis: after a link dies, and by a
 //! periodic sweep of the registry.
 //!
-//! - **After a death** (a link ended without `Bye`): wait `--purge-grace-ms`;
+//! - **After a death** (a link ended without `Bye`): wait `--purge-grace`;
 //!   if the server has not linked again with the same epoch, run
 //!   [`keys::PURGE_SERVER`] in `epoch` mode, retrying on Redis errors. The
 //!   time from the server's last frame to the end of the purge goes into
 //!   `relay_purge_seconds`.
-//! - **The sweep** (at start-up and every `--sweep-interval-ms`) catches
+//! - **The sweep** (at start-up and every `--sweep-interval`) catches
 //!   servers that died while no relay watched them: an id in `sb:servers`
 //!   whose entry expired is purged with [`keys::PURGE_GONE`] (every epoch);
-//!   an entry whose `seen` is older than `--stale-after-ms`, for a server not
+//!   an entry whose `seen` is older than `--stale-after`, for a server not
 //!   linked here, is purged in `epoch` mode.
 //!
 //! Both scripts are idempotent and compare epochs, so several relays
@@ -147,7 +147,7 @@ async fn purge_gone(ctx: &Ctx, server: &str) -> RedisResult<Option<u64>> {
 }
 
 /// Waits until Redis answers (logging once while it does not), then sweeps
-/// now and every `--sweep-interval-ms` until shutdown.
+/// now and every `--sweep-interval` until shutdown.
 pub(crate) async fn sweep_loop(ctx: Arc<Ctx>) {
     // Shutdown interrupts a Redis call in flight: both scripts are
     // idempotent, so one cut short is simply done again by the next sweep.

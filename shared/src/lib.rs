@@ -9,10 +9,12 @@
 //! - [`codec`]: length-delimited `postcard` framing of those frames;
 //! - [`client`]: the client grammar (text lines and JSON), parsed into
 //!   [`client::Request`]s and rendered from [`client::Reply`] / [`client::Event`];
-//! - [`keys`]: Redis key names and the Lua scripts that update them.
+//! - [`keys`]: Redis key names and the Lua scripts that update them;
+//! - [`config`]: how durations are written in flags.
 
 pub mod client;
 pub mod codec;
+pub mod config;
 pub mod ids;
 pub mod keys;
 pub mod link;
