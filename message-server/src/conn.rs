@@ -316,11 +316,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for LineConn<S> {
     }
 
     async fn close(&mut self, close: &Close) {
+        // A normal close follows a `BYE` the session already wrote (QUIT).
         let line = match close.err {
-            Some(err) => format!("ERR {} {}", err.as_str(), close.reason),
-            None => "BYE".to_owned(),
+            Some(err) => Some(format!("ERR {} {}", err.as_str(), close.reason)),
+            None if close.code != code::NORMAL => Some("BYE".to_owned()),
+            None => None,
         };
-        let _ = self.framed.send(line).await;
+        if let Some(line) = line {
+            let _ = self.framed.send(line).await;
+        }
         let _ = tokio::io::AsyncWriteExt::shutdown(self.framed.get_mut()).await;
     }
 

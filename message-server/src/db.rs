@@ -45,6 +45,17 @@ pub struct Scripts {
 }
 
 impl Scripts {
+    fn all(&self) -> [&Script; 6] {
+        [
+            &self.session_add,
+            &self.session_del,
+            &self.purge_server,
+            &self.register,
+            &self.send,
+            &self.ack,
+        ]
+    }
+
     fn new() -> Scripts {
         Scripts {
             session_add: Script::new(keys::SESSION_ADD),
@@ -81,10 +92,18 @@ impl Db {
         let mut delay = Duration::from_millis(100);
         loop {
             match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
-                Ok(conn) => {
+                Ok(mut conn) => {
+                    let scripts = Scripts::new();
+                    // Loaded up front so that the first messages never meet
+                    // NOSCRIPT (which would make them go round again).
+                    for script in scripts.all() {
+                        if let Err(e) = script.load_async(&mut conn).await {
+                            tracing::warn!(error = %e, "could not load a script yet");
+                        }
+                    }
                     return Ok(Db {
                         conn,
-                        scripts: std::sync::Arc::new(Scripts::new()),
+                        scripts: std::sync::Arc::new(scripts),
                         metrics,
                     });
                 }

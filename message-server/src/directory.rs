@@ -97,22 +97,16 @@ impl Directory {
     /// Removes whatever earlier epochs of this server id left (a restart
     /// after a crash). Returns the number of sessions removed.
     pub async fn purge_previous(&self) -> Result<u64, DbError> {
-        self.db
-            .scripts
-            .purge_server
-            .key(keys::server_sessions(&self.server_id))
-            .key(keys::server(&self.server_id))
-            .key(keys::SERVERS)
-            .arg(&*self.server_id)
-            .arg(self.epoch)
-            .arg("others")
-            .invoke_async::<u64>(&mut self.db.conn())
-            .await
-            .map_err(|e| self.db.failed(e))
+        self.purge("others").await
     }
 
     /// Removes this epoch's sessions and registry entry (graceful shutdown).
     pub async fn purge_self(&self) -> Result<u64, DbError> {
+        self.purge("epoch").await
+    }
+
+    /// [`shared::keys::PURGE_SERVER`] for this server and epoch.
+    async fn purge(&self, mode: &str) -> Result<u64, DbError> {
         self.db
             .scripts
             .purge_server
@@ -121,7 +115,7 @@ impl Directory {
             .key(keys::SERVERS)
             .arg(&*self.server_id)
             .arg(self.epoch)
-            .arg("epoch")
+            .arg(mode)
             .invoke_async::<u64>(&mut self.db.conn())
             .await
             .map_err(|e| self.db.failed(e))

@@ -143,7 +143,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
     let tcp_addr = tcp
         .local_addr()
         .map_err(|e| ServerError::Bind(config.tcp, e))?;
-    tracing::info!(server = %config.id, ws = %ws_addr, tcp = %tcp_addr, tls = tls.is_some(), "listening ws={ws_addr} tcp={tcp_addr}");
+    tracing::info!(server = %config.id, tls = tls.is_some(), "listening ws={ws_addr} tcp={tcp_addr}");
     Ok(Bound {
         config,
         ws,

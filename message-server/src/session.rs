@@ -51,12 +51,16 @@ struct Session {
     replayed_upto: u64,
     last_heard: Instant,
     rate: RateLimiter,
+    /// Jobs handed to the router and not answered yet.
+    pending: usize,
 }
 
 /// What handling one input decided.
 enum Flow {
     Continue,
     Close(Close),
+    /// `QUIT`: answer what is still being stored, say `BYE`, close.
+    Quit(Encoding, Option<String>),
 }
 
 /// Runs one connection to its end. `permit` is its place under the cap.
@@ -86,6 +90,7 @@ pub async fn run<C: Conn>(
         replayed_upto: 0,
         last_heard: Instant::now(),
         rate: RateLimiter::new(state.limits.rate_limit, state.limits.rate_burst),
+        pending: 0,
     };
     state.metrics.connections.inc();
     async {
@@ -191,11 +196,17 @@ impl Session {
                             ErrCode::Syntax, "line is not valid UTF-8 and was skipped",
                         ).into()).await,
                         Input::Activity => Flow::Continue,
-                        Input::Closed => return None,
+                        Input::Closed => {
+                            // Sends the close reply tungstenite queued, if any.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
+                            return None;
+                        }
                         Input::Fatal(close) => return Some(close),
                     };
-                    if let Flow::Close(c) = flow {
-                        return Some(c);
+                    match flow {
+                        Flow::Continue => {}
+                        Flow::Close(c) => return Some(c),
+                        Flow::Quit(enc, cid) => return Some(self.quit(conn, &mut rx, enc, cid).await),
                     }
                     if conn.flush().await.is_err() {
                         return None;
@@ -217,6 +228,31 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// `QUIT`: the answers to sends still being stored come first (for at
+    /// most the write timeout), then `BYE`, then a normal close.
+    async fn quit<C: Conn>(
+        &mut self,
+        conn: &mut C,
+        rx: &mut mpsc::Receiver<Out>,
+        enc: Encoding,
+        cid: Option<String>,
+    ) -> Close {
+        let deadline = Instant::now() + self.state.limits.write_timeout;
+        while self.pending > 0 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(out)) => {
+                    if self.write_out(conn, out).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = self.answer(conn, enc, cid.as_deref(), Reply::Bye).await;
+        let _ = conn.flush().await;
+        Close::new(code::NORMAL, None, "bye")
     }
 
     fn idle_limit(&self) -> Duration {
@@ -260,7 +296,10 @@ impl Session {
         out: Out,
     ) -> Result<(), crate::conn::WriteError> {
         match out {
-            Out::Reply(line) => conn.feed(line).await,
+            Out::Reply(line) => {
+                self.pending = self.pending.saturating_sub(1);
+                conn.feed(line).await
+            }
             Out::Event(ev) => {
                 if let Event::Direct { seq, .. } = &*ev
                     && *seq <= self.replayed_upto
@@ -301,11 +340,7 @@ impl Session {
         let reply: Reply = match cmd {
             Command::Ping => Reply::Pong,
             Command::Help => Reply::Help,
-            Command::Quit => {
-                let _ = self.answer(conn, enc, cid, Reply::Bye).await;
-                let _ = conn.flush().await;
-                return Flow::Close(Close::new(code::NORMAL, None, "bye"));
-            }
+            Command::Quit => return Flow::Quit(enc, cid.map(str::to_owned)),
             Command::Login {
                 user,
                 token,
@@ -474,7 +509,9 @@ impl Session {
             cid: cid.map(str::to_owned),
         };
         // A full router queue makes this session wait: backpressure.
+        self.pending += 1;
         if self.state.router.send(job(origin)).await.is_err() {
+            self.pending -= 1;
             let err = ClientError::new(ErrCode::Unavailable, "server is shutting down");
             return self.answer(conn, enc, cid, err.into()).await;
         }

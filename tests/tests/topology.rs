@@ -167,7 +167,11 @@ async fn who_tracks_presence_and_closed_sessions_leave_nothing_in_redis() {
 
     bob1.send("QUIT").await;
     assert_eq!(bob1.recv().await, "BYE");
-    bob1.expect_closed().await;
+    assert_eq!(
+        bob1.next_within(Duration::from_secs(5)).await,
+        Seen::Closed(None),
+        "one BYE, then the end"
+    );
     drop(bob2);
     let gone = switchboard_tests::eventually(Duration::from_secs(5), || async {
         c.redis.keys("sb:user:bob").is_empty().then_some(())
@@ -310,4 +314,39 @@ async fn malformed_input_gets_an_error_and_everyone_keeps_being_served() {
     assert!(
         matches!(bystander.next_within(Duration::from_secs(5)).await, Seen::Line(l) if l == "PONG")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quit_answers_what_is_being_stored_and_closes_cleanly() {
+    let c = Cluster::start(1).await;
+    let a = c.server("a");
+    let mut t = TcpClient::connect(a.tcp).await;
+    t.send_raw(b"LOGIN quitter\r\nSEND nobody last words\r\nQUIT\r\n")
+        .await;
+    t.expect_prefix("OK LOGIN quitter ").await;
+    assert!(
+        t.recv().await.starts_with("OK SENT "),
+        "the send is answered before BYE"
+    );
+    assert_eq!(t.recv().await, "BYE");
+    assert_eq!(
+        t.next_within(Duration::from_secs(5)).await,
+        Seen::Closed(None)
+    );
+
+    // A WebSocket client that closes gets the server's close frame back.
+    let mut w = WsClient::login(a.ws, "closer").await;
+    w.send_message(Message::Close(Some(
+        tokio_tungstenite::tungstenite::protocol::CloseFrame {
+            code: 1000u16.into(),
+            reason: "done".into(),
+        },
+    )))
+    .await
+    .expect("send close");
+    assert_eq!(w.expect_close().await, Some(1000));
+    let mut w = WsClient::login(a.ws, "quitter2").await;
+    w.send("QUIT").await;
+    assert_eq!(w.recv().await, "BYE");
+    assert_eq!(w.expect_close().await, Some(1000));
 }

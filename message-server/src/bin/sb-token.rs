@@ -32,7 +32,7 @@ struct Opt {
 
     /// Lifetime: a number with a unit, s, m, h or d (`90s`, `15m`, `24h`,
     /// `30d`); a bare number is seconds.
-    #[arg(long, default_value = "24h", value_parser = parse_ttl, conflicts_with = "ttl_secs")]
+    #[arg(long, default_value = "24h", value_parser = shared::config::parse_duration, conflicts_with = "ttl_secs")]
     ttl: Duration,
 
     /// Lifetime in seconds (instead of --ttl).
@@ -42,29 +42,6 @@ struct Opt {
     /// Grant the admin role (needed for `ALL` broadcasts).
     #[arg(long)]
     admin: bool,
-}
-
-/// `90s`, `15m`, `24h`, `7d` or a bare number of seconds.
-fn parse_ttl(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a lifetime such as 90s, 15m, 24h or 7d"))?;
-    let scale = match unit {
-        "" | "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("unknown unit {unit:?}: use s, m, h or d")),
-    };
-    number
-        .checked_mul(scale)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long"))
 }
 
 fn main() -> ExitCode {
@@ -92,22 +69,6 @@ fn run(opt: Opt) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use clap::CommandFactory as _;
-
-    #[test]
-    fn ttl_units() {
-        assert_eq!(parse_ttl("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_ttl("15m"), Ok(Duration::from_secs(900)));
-        assert_eq!(parse_ttl("24h"), Ok(Duration::from_secs(86_400)));
-        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(7 * 86_400)));
-        assert!(parse_ttl("").is_err());
-        assert!(parse_ttl("h").is_err());
-        assert!(parse_ttl("1w").is_err());
-        assert!(parse_ttl("-1s").is_err());
-        assert!(parse_ttl("1.5h").is_err());
-        assert!(parse_ttl("99999999999999999999d").is_err());
-        assert!(parse_ttl("999999999999999999d").is_err());
-    }
 
     #[test]
     fn flags() {

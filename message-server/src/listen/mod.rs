@@ -10,10 +10,70 @@ pub mod http;
 pub mod tcp;
 pub mod ws;
 
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Backs off after an accept error (e.g. out of file descriptors).
-async fn accept_backoff(e: &std::io::Error) {
-    tracing::warn!(error = %e, "accept failed; backing off");
-    tokio::time::sleep(Duration::from_millis(50)).await;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::either::Either;
+use tokio_util::task::TaskTracker;
+
+use crate::state::State;
+
+/// A client's byte stream: plain TCP, or TLS over it.
+pub type ClientIo = Either<TcpStream, tls_config::server::TlsStream<TcpStream>>;
+
+/// One connection being served (boxed: it is stored in a task either way).
+pub type Serving = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Time a client has to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts on `listener` until shutdown. Each connection gets its own task:
+/// socket options, the TLS handshake when configured, then `serve`.
+pub async fn accept_loop<F>(
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: Option<tls_config::TlsAcceptor>,
+    tracker: TaskTracker,
+    serve: F,
+) where
+    F: Fn(ClientIo, SocketAddr, Arc<State>) -> Serving + Send + Sync + 'static,
+{
+    let serve = Arc::new(serve);
+    loop {
+        let accepted = tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // E.g. out of file descriptors: back off, never give up.
+                tracing::warn!(error = %e, "accept failed; backing off");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (state, tls, serve) = (Arc::clone(&state), tls.clone(), Arc::clone(&serve));
+        tracker.spawn(async move {
+            let _ = stream.set_nodelay(true);
+            crate::socket::keepalive(&stream);
+            let io = match tls {
+                None => Either::Left(stream),
+                Some(acceptor) => {
+                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(tls_stream)) => Either::Right(tls_stream),
+                        Ok(Err(e)) => {
+                            return tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            };
+            serve(io, peer, state).await;
+        });
+    }
 }

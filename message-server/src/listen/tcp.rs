@@ -3,12 +3,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
+use super::ClientIo;
 use crate::conn::LineConn;
 use crate::session;
 use crate::state::{Refusal, State};
@@ -20,42 +20,13 @@ pub async fn accept_loop(
     tls: Option<tls_config::TlsAcceptor>,
     tracker: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let state = Arc::clone(&state);
-                let tls = tls.clone();
-                tracker.spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    crate::socket::keepalive(&stream);
-                    match tls {
-                        None => serve(stream, peer, state).await,
-                        Some(acceptor) => {
-                            let handshake = acceptor.accept(stream);
-                            match tokio::time::timeout(Duration::from_secs(10), handshake).await {
-                                Ok(Ok(tls_stream)) => serve(tls_stream, peer, state).await,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                                }
-                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                            }
-                        }
-                    }
-                });
-            }
-            Err(e) => super::accept_backoff(&e).await,
-        }
-    }
+    super::accept_loop(listener, state, tls, tracker, |io, peer, state| {
+        Box::pin(serve(io, peer, state))
+    })
+    .await;
 }
 
-async fn serve<S>(mut stream: S, peer: SocketAddr, state: Arc<State>)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+async fn serve(mut stream: ClientIo, peer: SocketAddr, state: Arc<State>) {
     let admission = match state.admit(peer.ip()) {
         Ok(a) => a,
         Err(refusal) => {

@@ -20,13 +20,14 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::task::TaskTracker;
 
+use super::ClientIo;
 use super::http::{self, Body};
 use crate::conn::{self, Close, WsConn};
 use crate::session::{self, HandshakeLogin};
@@ -50,47 +51,14 @@ pub async fn accept_loop(
     tls: Option<tls_config::TlsAcceptor>,
     tracker: TaskTracker,
 ) {
-    loop {
-        let accepted = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let state = Arc::clone(&state);
-                let tls = tls.clone();
-                let t = tracker.clone();
-                tracker.spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    crate::socket::keepalive(&stream);
-                    match tls {
-                        Some(acceptor) => {
-                            match tokio::time::timeout(
-                                Duration::from_secs(10),
-                                acceptor.accept(stream),
-                            )
-                            .await
-                            {
-                                Ok(Ok(tls_stream)) => serve(tls_stream, peer, state, t).await,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(%peer, error = %e, "TLS handshake failed")
-                                }
-                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                            }
-                        }
-                        None => serve::<TcpStream>(stream, peer, state, t).await,
-                    }
-                });
-            }
-            Err(e) => super::accept_backoff(&e).await,
-        }
-    }
+    let t = tracker.clone();
+    super::accept_loop(listener, state, tls, tracker, move |io, peer, state| {
+        Box::pin(serve(io, peer, state, t.clone()))
+    })
+    .await;
 }
 
-async fn serve<S>(stream: S, peer: SocketAddr, state: Arc<State>, tracker: TaskTracker)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+async fn serve(stream: ClientIo, peer: SocketAddr, state: Arc<State>, tracker: TaskTracker) {
     let svc_state = Arc::clone(&state);
     let service = service_fn(move |req| {
         let state = Arc::clone(&svc_state);
