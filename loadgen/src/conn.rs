@@ -1,23 +1,144 @@
 //! Opening one client connection: a TCP socket bound to one of several
 //! 127.0.0.x source addresses (one address pair has only ~28,000 ports, and
 //! spreading sources keeps tens of thousands of connections possible), the
-//! WebSocket handshake with small client buffers, and the login (Switchboard)
-//! or namespace connect (Socket.IO).
+//! WebSocket handshake with small client buffers (or, for Switchboard's
+//! telnet port, newline-delimited lines), and the login (Switchboard) or
+//! namespace connect (Socket.IO).
+//!
+//! Either way a [`Conn`] is a stream of text frames in and a sink of text
+//! frames out; over TCP, Switchboard is spoken in the same JSON, one object
+//! per line (its grammar answers in the encoding it is spoken to).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Deref;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 
 use crate::proto::{self, Incoming, System};
 
-/// A logged-in client connection.
-pub type Ws = WebSocketStream<TcpStream>;
+/// Longest line the tool accepts over TCP (a sync replay line is small).
+const MAX_LINE: usize = 1 << 20;
+
+/// How clients reach the servers.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// WebSocket (both systems).
+    #[default]
+    Ws,
+    /// Plain TCP, one line per frame (Switchboard's telnet port only).
+    Tcp,
+}
+
+/// A logged-in client connection: text frames in, text frames out.
+pub enum Conn {
+    /// A WebSocket connection.
+    Ws(Box<WebSocketStream<TcpStream>>),
+    /// A line-per-frame TCP connection.
+    Lines(Box<Framed<TcpStream, LinesCodec>>),
+}
+
+/// One text frame (WebSocket) or line (TCP) that was read.
+pub enum Text {
+    /// A WebSocket text frame, not copied.
+    Frame(Utf8Bytes),
+    /// A line, without its newline.
+    Line(String),
+}
+
+impl Deref for Text {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Text::Frame(t) => t.as_str(),
+            Text::Line(l) => l,
+        }
+    }
+}
+
+/// Why a connection failed after it was opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    /// The WebSocket failed.
+    #[error(transparent)]
+    Ws(#[from] tungstenite::Error),
+    /// The TCP line stream failed (or a line was too long).
+    #[error(transparent)]
+    Lines(#[from] LinesCodecError),
+}
+
+impl Stream for Conn {
+    type Item = Result<Text, ConnError>;
+
+    /// Text frames; WebSocket pings, pongs and binary frames are skipped
+    /// (the library answers pings), and a close ends the stream.
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match self.get_mut() {
+            Conn::Ws(ws) => loop {
+                return Poll::Ready(match ready!(ws.poll_next_unpin(cx)) {
+                    Some(Ok(Message::Text(t))) => Some(Ok(Text::Frame(t))),
+                    Some(Ok(Message::Close(_))) | None => None,
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => Some(Err(e.into())),
+                });
+            },
+            Conn::Lines(l) => l
+                .poll_next_unpin(cx)
+                .map(|o| o.map(|r| r.map(Text::Line).map_err(ConnError::from))),
+        }
+    }
+}
+
+impl Sink<String> for Conn {
+    type Error = ConnError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        match self.get_mut() {
+            Conn::Ws(ws) => ws.poll_ready_unpin(cx).map_err(Into::into),
+            Conn::Lines(l) => {
+                Sink::<String>::poll_ready(Pin::new(&mut **l), cx).map_err(Into::into)
+            }
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: String) -> Result<(), ConnError> {
+        match self.get_mut() {
+            Conn::Ws(ws) => ws.start_send_unpin(Message::text(item)).map_err(Into::into),
+            Conn::Lines(l) => Pin::new(&mut **l).start_send(item).map_err(Into::into),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        match self.get_mut() {
+            Conn::Ws(ws) => ws.poll_flush_unpin(cx).map_err(Into::into),
+            Conn::Lines(l) => {
+                Sink::<String>::poll_flush(Pin::new(&mut **l), cx).map_err(Into::into)
+            }
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
+        match self.get_mut() {
+            Conn::Ws(ws) => ws.poll_close_unpin(cx).map_err(Into::into),
+            Conn::Lines(l) => {
+                Sink::<String>::poll_close(Pin::new(&mut **l), cx).map_err(Into::into)
+            }
+        }
+    }
+}
 
 /// Why a connection could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +191,7 @@ pub enum ConnectError {
 #[derive(Debug, Clone)]
 pub struct Dialer {
     system: System,
+    transport: Transport,
     sources: Vec<IpAddr>,
     config: WebSocketConfig,
     timeout: Duration,
@@ -77,11 +199,16 @@ pub struct Dialer {
 
 impl Dialer {
     /// A dialer for `system` that binds connection `i` to
-    /// `sources[i % sources.len()]` (127.0.0.1 when empty) and reads with a
-    /// `read_buffer` byte buffer. The write buffer is left to grow on demand
-    /// (frames are fed in batches and flushed once), so an idle client costs
-    /// little.
-    pub fn new(system: System, sources: Vec<IpAddr>, read_buffer: usize) -> Self {
+    /// `sources[i % sources.len()]` (127.0.0.1 when empty) and, over
+    /// WebSocket, reads with a `read_buffer` byte buffer. The write buffer
+    /// grows on demand (frames are fed in batches and flushed once), so an
+    /// idle client costs little.
+    pub fn new(
+        system: System,
+        transport: Transport,
+        sources: Vec<IpAddr>,
+        read_buffer: usize,
+    ) -> Self {
         let sources = if sources.is_empty() {
             vec![IpAddr::from([127, 0, 0, 1])]
         } else {
@@ -89,6 +216,7 @@ impl Dialer {
         };
         Dialer {
             system,
+            transport,
             sources,
             config: WebSocketConfig::default()
                 .read_buffer_size(read_buffer)
@@ -108,7 +236,7 @@ impl Dialer {
         server: SocketAddr,
         index: usize,
         user: &str,
-    ) -> Result<Ws, ConnectError> {
+    ) -> Result<Conn, ConnectError> {
         let from = self.sources[index % self.sources.len()];
         let tcp = connect_from(from, server)
             .await
@@ -117,15 +245,25 @@ impl Dialer {
                 from,
                 error,
             })?;
-        let url = format!("ws://{server}{}", self.system.path(user));
-        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, tcp, Some(self.config))
-            .await
-            .map_err(|error| ConnectError::Handshake {
-                server,
-                error: Box::new(error),
-            })?;
-        match tokio::time::timeout(self.timeout, login(self.system, &mut ws, user)).await {
-            Ok(Ok(())) => Ok(ws),
+        let mut conn = match self.transport {
+            Transport::Ws => {
+                let url = format!("ws://{server}{}", self.system.path(user));
+                let (ws, _) =
+                    tokio_tungstenite::client_async_with_config(url, tcp, Some(self.config))
+                        .await
+                        .map_err(|error| ConnectError::Handshake {
+                            server,
+                            error: Box::new(error),
+                        })?;
+                Conn::Ws(Box::new(ws))
+            }
+            Transport::Tcp => Conn::Lines(Box::new(Framed::new(
+                tcp,
+                LinesCodec::new_with_max_length(MAX_LINE),
+            ))),
+        };
+        match tokio::time::timeout(self.timeout, login(self.system, &mut conn, user)).await {
+            Ok(Ok(())) => Ok(conn),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ConnectError::Timeout {
                 user: user.to_owned(),
@@ -150,29 +288,28 @@ async fn connect_from(from: IpAddr, server: SocketAddr) -> io::Result<TcpStream>
 
 /// Switchboard: `{"op":"login"}` until `{"type":"login"}`. Socket.IO: wait
 /// for the open packet, send `40`, wait for `40{...}`.
-async fn login(system: System, ws: &mut Ws, user: &str) -> Result<(), ConnectError> {
+async fn login(system: System, conn: &mut Conn, user: &str) -> Result<(), ConnectError> {
     let closed = || ConnectError::Closed {
         user: user.to_owned(),
     };
     if system == System::Switchboard {
-        ws.send(Message::text(proto::login_frame(user)))
+        conn.send(proto::login_frame(user))
             .await
             .map_err(|_| closed())?;
     }
     loop {
-        let frame = match ws.next().await {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return Err(closed()),
-            Some(Ok(_)) => continue,
+        let frame = match conn.next().await {
+            Some(Ok(t)) => t,
+            Some(Err(_)) | None => return Err(closed()),
         };
         match proto::parse(system, &frame) {
             Incoming::LoggedIn | Incoming::SioConnected => return Ok(()),
-            Incoming::SioOpen => ws
-                .send(Message::text(proto::SIO_CONNECT))
+            Incoming::SioOpen => conn
+                .send(proto::SIO_CONNECT.to_owned())
                 .await
                 .map_err(|_| closed())?,
-            Incoming::SioPing => ws
-                .send(Message::text(proto::SIO_PONG))
+            Incoming::SioPing => conn
+                .send(proto::SIO_PONG.to_owned())
                 .await
                 .map_err(|_| closed())?,
             Incoming::Error { message, .. } => {

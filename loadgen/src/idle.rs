@@ -12,10 +12,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::{Dialer, Ws};
+use crate::conn::{Conn, Dialer};
 use crate::procs::Usage;
 use crate::proto::{self, Incoming};
 use crate::target::{Target, server_name};
@@ -88,7 +87,7 @@ pub async fn run(target: &Target, cfg: &IdleConfig) -> Result<IdleResult, RunErr
     }
     let system = target.system;
     // Small client buffers: the tool holds as many connections as the server.
-    let dialer = Dialer::new(system, target.sources.clone(), 4096);
+    let dialer = Dialer::new(system, target.transport, target.sources.clone(), 4096);
     let before = target.watch.snapshot();
     let opened = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -179,7 +178,7 @@ pub async fn run(target: &Target, cfg: &IdleConfig) -> Result<IdleResult, RunErr
     }
     futures_util::stream::iter(conns)
         .for_each_concurrent(512, |mut ws| async move {
-            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), ws.close()).await;
         })
         .await;
 
@@ -219,26 +218,27 @@ pub async fn run(target: &Target, cfg: &IdleConfig) -> Result<IdleResult, RunErr
 /// Keeps one connection open: reads (so WebSocket pings are answered by
 /// the library and Socket.IO pings by hand) until told to stop.
 async fn hold(
-    mut ws: Ws,
+    mut ws: Conn,
     system: proto::System,
     broken: Arc<AtomicU64>,
     stop: CancellationToken,
-) -> Option<Ws> {
+) -> Option<Conn> {
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let frame = tokio::select! {
-            _ = stop.cancelled() => return Some(ws),
+            _ = &mut cancelled => return Some(ws),
             f = ws.next() => f,
         };
         match frame {
-            Some(Ok(Message::Text(t))) => {
+            Some(Ok(t)) => {
                 if proto::parse(system, &t) == Incoming::SioPing
-                    && ws.send(Message::text(proto::SIO_PONG)).await.is_err()
+                    && ws.send(proto::SIO_PONG.to_owned()).await.is_err()
                 {
                     break;
                 }
             }
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-            Some(Ok(_)) => {}
+            Some(Err(_)) | None => break,
         }
     }
     broken.fetch_add(1, Ordering::Relaxed);

@@ -9,7 +9,8 @@
 //! - [`target`]: what a run drives (system, servers, sources, processes).
 //! - [`proto`]: the two wire protocols (Switchboard JSON, Socket.IO's
 //!   WebSocket transport by hand) and the stamped message text.
-//! - [`conn`]: one connection: bind a source address, handshake, log in.
+//! - [`conn`]: one connection (WebSocket, or lines over Switchboard's
+//!   telnet port): bind a source address, handshake, log in.
 //! - [`traffic`]: one open-loop run of user pairs at a fixed rate, and the
 //!   account of every message (delivered, recovered by `sync`, lost).
 //! - [`idle`]: many idle connections, memory per connection.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
 use loadgen::compare;
+use loadgen::conn::Transport;
 use loadgen::idle::{self, IdleConfig};
 use loadgen::procs::Proc;
 use loadgen::report::Report;
@@ -63,6 +64,9 @@ enum Command {
         /// Seconds per step.
         #[arg(long, default_value = "10", value_parser = secs)]
         duration: Duration,
+        /// Run a failed step again this many times before the ladder stops.
+        #[arg(long, default_value_t = 1)]
+        retries: u32,
         /// Run every rate even after one failed.
         #[arg(long)]
         keep_going: bool,
@@ -111,6 +115,10 @@ struct TargetArgs {
     /// Which system the servers are.
     #[arg(long, value_enum, default_value = "switchboard")]
     system: System,
+    /// How to connect: WebSocket, or lines over Switchboard's telnet port
+    /// (give the servers' TCP addresses then).
+    #[arg(long, value_enum, default_value = "ws")]
+    transport: Transport,
     /// A server: HOST:PORT, or HOST:PORT@PID to measure its CPU and memory. Repeat per server.
     #[arg(long = "server", required = true)]
     servers: Vec<ServerSpec>,
@@ -135,14 +143,19 @@ struct TargetArgs {
 }
 
 impl TargetArgs {
-    fn target(&self) -> Target {
+    fn target(&self) -> anyhow::Result<Target> {
+        if self.transport == Transport::Tcp && self.system != System::Switchboard {
+            bail!("--transport tcp is for Switchboard's telnet port only");
+        }
         let sources: Vec<IpAddr> = target::loopback_sources(self.sources);
-        Target::new(
+        let mut t = Target::new(
             self.system,
             self.servers.clone(),
             sources,
             self.procs.clone(),
-        )
+        );
+        t.transport = self.transport;
+        Ok(t)
     }
 
     fn label(&self) -> String {
@@ -227,7 +240,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             settle,
             hold,
         } => {
-            let target = t.target();
+            let target = t.target()?;
             let cfg = IdleConfig {
                 connections,
                 concurrency,
@@ -268,12 +281,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             traffic,
             rates,
             duration,
+            retries,
             keep_going,
         } => {
-            let target = t.target();
+            let target = t.target()?;
             let cfg = traffic.config(0, duration, &t);
             let ladder =
-                scenario::throughput(&target, &cfg, &rates, traffic.warmup(), keep_going).await?;
+                scenario::throughput(&target, &cfg, &rates, traffic.warmup(), retries, keep_going)
+                    .await?;
             for s in &ladder.steps {
                 print_step(&t.label(), s);
             }
@@ -296,7 +311,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             rate,
             duration,
         } => {
-            let target = t.target();
+            let target = t.target()?;
             let cfg = traffic.config(rate, duration, &t);
             let (warmup, r) = scenario::latency(&target, &cfg, traffic.warmup()).await?;
             print_step(&t.label(), &r);
@@ -310,7 +325,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             messages,
             pairs,
         } => {
-            let target = t.target();
+            let target = t.target()?;
             let r = scenario::smoke(&target, messages, pairs).await?;
             print_step(&t.label(), &r);
             let mut report = Report::new(&target, &t.label(), "smoke");

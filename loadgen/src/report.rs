@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::conn::Transport;
 use crate::idle::IdleResult;
 use crate::procs::Proc;
 use crate::proto::System;
@@ -66,6 +67,9 @@ pub struct Report {
     pub started_unix: u64,
     /// Where it ran.
     pub machine: Machine,
+    /// How clients connected.
+    #[serde(default)]
+    pub transport: Transport,
     /// Servers connected to.
     pub servers: Vec<ServerSpec>,
     /// Every process measured.
@@ -98,6 +102,7 @@ impl Report {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             machine: Machine::detect(),
+            transport: target.transport,
             servers: target.servers.clone(),
             procs: target.watch.procs().to_vec(),
             sources: target.sources.len(),

@@ -63,13 +63,17 @@ pub struct Ladder {
     pub max_sustained_rate: Option<u64>,
 }
 
-/// Runs `rates` in order with `template`'s shape; stops after the first
-/// failing step unless `keep_going`.
+/// Runs `rates` in order with `template`'s shape. A failing step is run
+/// again up to `retries` times (a single stall on a shared machine should
+/// not end the ladder; saturation fails every attempt); the ladder stops at
+/// the first step that fails every attempt, unless `keep_going`. Every
+/// attempt is kept in [`Ladder::steps`].
 pub async fn throughput(
     target: &Target,
     template: &TrafficConfig,
     rates: &[u64],
     warmup: Option<Warmup>,
+    retries: u32,
     keep_going: bool,
 ) -> Result<Ladder, RunError> {
     let mut ladder = Ladder {
@@ -78,19 +82,30 @@ pub async fn throughput(
     };
     let mut failed = false;
     for &rate in rates {
-        settle().await;
-        let mut cfg = template.clone();
-        cfg.rate = rate;
-        cfg.prefix = unique_prefix("t");
-        let r = traffic::run(target, &cfg).await?;
-        if template.progress {
-            eprintln!("[{}] step {rate}/s: {}", template.label, r.verdict);
+        let mut passed = false;
+        for attempt in 0..=retries {
+            settle(target, &template.label, template.progress).await;
+            let mut cfg = template.clone();
+            cfg.rate = rate;
+            cfg.prefix = unique_prefix("t");
+            let mut r = traffic::run(target, &cfg).await?;
+            r.attempt = attempt + 1;
+            if template.progress {
+                eprintln!(
+                    "[{}] step {rate}/s, attempt {}: {}",
+                    template.label, r.attempt, r.verdict
+                );
+            }
+            passed = r.passed;
+            ladder.steps.push(r);
+            if passed {
+                break;
+            }
         }
-        if r.passed && !failed {
+        if passed && !failed {
             ladder.max_sustained_rate = Some(rate);
         }
-        failed |= !r.passed;
-        ladder.steps.push(r);
+        failed |= !passed;
         if failed && !keep_going {
             break;
         }
@@ -105,7 +120,7 @@ pub async fn latency(
     warmup: Option<Warmup>,
 ) -> Result<(Option<TrafficResult>, TrafficResult), RunError> {
     let w = warm_up(target, template, warmup).await?;
-    settle().await;
+    settle(target, &template.label, template.progress).await;
     let mut cfg = template.clone();
     cfg.prefix = unique_prefix("l");
     let r = traffic::run(target, &cfg).await?;
@@ -131,7 +146,37 @@ pub async fn smoke(
     traffic::run(target, &cfg).await
 }
 
-/// A short pause between runs, so one run's tail does not land in the next.
-async fn settle() {
-    tokio::time::sleep(Duration::from_secs(1)).await;
+/// Other work on the machine (percent of one core) above which a run waits
+/// before it starts.
+const BUSY_PCT: f64 = 25.0;
+/// How long a run waits at most for the machine to quiet down.
+const QUIET_WAIT: Duration = Duration::from_secs(30);
+
+/// A pause between runs, so one run's tail does not land in the next; it
+/// lasts until other work on the machine (builds, tests) uses less than
+/// [`BUSY_PCT`] of a core, for at most [`QUIET_WAIT`]. A run that starts
+/// on a busy machine anyway records how busy it was (`other_cpu_s`).
+async fn settle(target: &Target, label: &str, progress: bool) {
+    let deadline = tokio::time::Instant::now() + QUIET_WAIT;
+    loop {
+        let before = target.watch.snapshot();
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let other_pct = before.usage_until(&target.watch.snapshot()).other_cpu_s * 100.0;
+        if other_pct < BUSY_PCT {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            if progress {
+                eprintln!(
+                    "[{label}] the machine is still busy (other work {other_pct:.0}% of a core); going on"
+                );
+            }
+            return;
+        }
+        if progress {
+            eprintln!(
+                "[{label}] waiting for the machine to quiet down (other work {other_pct:.0}% of a core)"
+            );
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::conn::Transport;
 use crate::procs::{Proc, Watch};
 use crate::proto::System;
 
@@ -42,6 +43,8 @@ impl FromStr for ServerSpec {
 pub struct Target {
     /// Which protocol to speak.
     pub system: System,
+    /// WebSocket, or (Switchboard only) lines over the telnet port.
+    pub transport: Transport,
     /// Servers, in the order connections are spread over them.
     pub servers: Vec<ServerSpec>,
     /// Source addresses; connection `i` binds `sources[i % len]`.
@@ -72,6 +75,7 @@ impl Target {
         procs.extend(others);
         Target {
             system,
+            transport: Transport::Ws,
             servers,
             sources,
             watch: Watch::new(procs),

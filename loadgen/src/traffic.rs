@@ -25,11 +25,10 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::conn::{ConnectError, Dialer, Ws};
+use crate::conn::{Conn, ConnectError, Dialer};
 use crate::procs::Usage;
 use crate::progress::{Progress, Tick};
 use crate::proto::{self, Incoming, Stamp, System};
@@ -132,6 +131,13 @@ pub struct TrafficResult {
     pub cpu_us_per_msg: f64,
     /// One sample per second.
     pub timeline: Vec<Tick>,
+    /// Which attempt at this rate this was (1 = first; the ladder retries a
+    /// failed step).
+    #[serde(default)]
+    pub attempt: u32,
+    /// The latency bound the run was judged against, ms.
+    #[serde(default)]
+    pub p99_bound_ms: u64,
     /// Whether the run met its bound with nothing lost.
     pub passed: bool,
     /// Why it passed or not, in words.
@@ -205,7 +211,7 @@ pub async fn run(target: &Target, cfg: &TrafficConfig) -> Result<TrafficResult, 
         return Err(RunError::NoServers);
     }
     let system = target.system;
-    let dialer = Dialer::new(system, target.sources.clone(), 16 * 1024);
+    let dialer = Dialer::new(system, target.transport, target.sources.clone(), 4096);
     let n = servers.len();
     let pairs = cfg.pairs.max(1);
 
@@ -377,6 +383,8 @@ pub async fn run(target: &Target, cfg: &TrafficConfig) -> Result<TrafficResult, 
     }
     res.timeline = timeline;
     res.first_error = acks.iter().find_map(|a| a.first_error.clone());
+    res.p99_bound_ms = cfg.p99_bound.as_millis() as u64;
+    res.attempt = 1;
     judge(&mut res, cfg.p99_bound);
     Ok(res)
 }
@@ -422,11 +430,11 @@ fn judge(res: &mut TrafficResult, bound: Duration) {
 
 /// Opens `count` connections, at most 64 handshakes at a time;
 /// `spec(i)` gives server, source index and user of connection `i`.
-async fn connect_all<F>(dialer: &Dialer, count: usize, spec: F) -> Result<Vec<Ws>, ConnectError>
+async fn connect_all<F>(dialer: &Dialer, count: usize, spec: F) -> Result<Vec<Conn>, ConnectError>
 where
     F: Fn(usize) -> (std::net::SocketAddr, usize, String),
 {
-    let opened: Vec<(usize, Result<Ws, ConnectError>)> = futures_util::stream::iter(0..count)
+    let opened: Vec<(usize, Result<Conn, ConnectError>)> = futures_util::stream::iter(0..count)
         .map(|i| {
             let (server, index, user) = spec(i);
             async move { (i, dialer.open(server, index, &user).await) }
@@ -434,7 +442,7 @@ where
         .buffer_unordered(64)
         .collect()
         .await;
-    let mut slots: Vec<Option<Ws>> = (0..count).map(|_| None).collect();
+    let mut slots: Vec<Option<Conn>> = (0..count).map(|_| None).collect();
     for (i, r) in opened {
         slots[i] = Some(r?);
     }
@@ -476,7 +484,7 @@ impl Plan {
 /// The open-loop writer: sleeps until the next message is due, then feeds
 /// every message due by now and flushes once. Returns how many it sent.
 async fn send(
-    mut sink: SplitSink<Ws, Message>,
+    mut sink: SplitSink<Conn, String>,
     plan: Plan,
     mut pongs: mpsc::Receiver<&'static str>,
     shared: Arc<Shared>,
@@ -486,13 +494,17 @@ async fn send(
     let clock = shared.clock;
     let mut k = 0;
     let mut text = String::with_capacity(plan.size + 32);
+    // One `cancelled` future for the whole loop: making one per iteration
+    // takes a lock each time.
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     'run: while k < count {
         let due = clock.instant(plan.due_us(k));
         tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = &mut cancelled => break,
             Some(p) = pongs.recv() => {
-                if sink.send(Message::text(p)).await.is_err() {
+                if sink.send(p.to_owned()).await.is_err() {
                     break;
                 }
                 continue;
@@ -517,7 +529,7 @@ async fn send(
             );
             let mut frame = String::with_capacity(text.len() + plan.to.len() + 48);
             shared.system.write_send(&mut frame, &plan.to, k, &text);
-            if sink.feed(Message::text(frame)).await.is_err() {
+            if sink.feed(frame).await.is_err() {
                 Counters::add(&shared.meter.counters.sent, batch);
                 break 'run;
             }
@@ -534,25 +546,26 @@ async fn send(
 
 /// A sender's reader: acks and refusals (Switchboard), pings (Socket.IO).
 async fn read_acks(
-    mut stream: SplitStream<Ws>,
+    mut stream: SplitStream<Conn>,
     pongs: mpsc::Sender<&'static str>,
     shared: Arc<Shared>,
     stop: CancellationToken,
 ) -> Acks {
     let mut acks = Acks::default();
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let frame = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = &mut cancelled => break,
             f = stream.next() => f,
         };
         let text = match frame {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+            Some(Ok(t)) => t,
+            Some(Err(_)) | None => {
                 Counters::add(&shared.meter.counters.broken, 1);
                 break;
             }
-            Some(Ok(_)) => continue,
         };
         match proto::parse(shared.system, &text) {
             Incoming::Sent { n, seq } => {
@@ -585,24 +598,25 @@ async fn read_acks(
 /// A receiver: records each message's latency until told to stop, then
 /// hands back its connection (for `sync`) unless it broke.
 async fn receive(
-    mut ws: Ws,
+    mut ws: Conn,
     shared: Arc<Shared>,
     stop: CancellationToken,
-) -> (Option<Ws>, Received) {
+) -> (Option<Conn>, Received) {
     let mut got = Received::default();
+    let cancelled = stop.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let frame = tokio::select! {
             biased;
-            _ = stop.cancelled() => break,
+            _ = &mut cancelled => break,
             f = ws.next() => f,
         };
         let text = match frame {
-            Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+            Some(Ok(t)) => t,
+            Some(Err(_)) | None => {
                 Counters::add(&shared.meter.counters.broken, 1);
                 return (None, got);
             }
-            Some(Ok(_)) => continue,
         };
         match proto::parse(shared.system, &text) {
             Incoming::Msg { seq, text } => {
@@ -619,7 +633,7 @@ async fn receive(
                 }
             }
             Incoming::SioPing => {
-                let pong = ws.send(Message::text(proto::SIO_PONG)).await;
+                let pong = ws.send(proto::SIO_PONG.to_owned()).await;
                 if pong.is_err() {
                     Counters::add(&shared.meter.counters.broken, 1);
                     return (None, got);
@@ -649,21 +663,16 @@ fn take(shared: &Shared, got: &mut Received, stamp: Stamp) -> bool {
 /// Asks the server to replay everything after the last gap-free sequence
 /// number, and counts what was missing. Recovered messages are recorded
 /// with the latency they finally had.
-async fn recover(mut ws: Ws, mut got: Received, shared: Arc<Shared>) -> (Received, u64) {
+async fn recover(mut ws: Conn, mut got: Received, shared: Arc<Shared>) -> (Received, u64) {
     let after = got.contiguous_seq();
     let mut recovered = 0;
-    if ws
-        .send(Message::text(proto::sync_frame(after)))
-        .await
-        .is_err()
-    {
+    if ws.send(proto::sync_frame(after)).await.is_err() {
         return (got, 0);
     }
     loop {
         let frame = match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) => t,
-            Ok(Some(Ok(Message::Close(_)) | Err(_)) | None) | Err(_) => break,
-            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Ok(t))) => t,
+            Ok(Some(Err(_)) | None) | Err(_) => break,
         };
         match proto::parse(shared.system, &frame) {
             Incoming::Msg { text, .. } => {
