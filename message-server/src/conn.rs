@@ -15,7 +15,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::codec::{Decoder, Encoder, Framed, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts, LinesCodec, LinesCodecError};
 
 /// RFC 6455 close codes we send.
 pub mod code {
@@ -281,8 +281,13 @@ pub struct LineConn<S> {
 
 impl<S: AsyncRead + AsyncWrite> LineConn<S> {
     pub fn new(stream: S, max_line: usize) -> Self {
+        // Small buffers that grow on demand: `Framed`'s defaults (8 KiB
+        // each way) would be most of an idle session's memory.
+        let mut parts = FramedParts::new::<String>(stream, BoundedLines::new(max_line));
+        parts.read_buf = BytesMut::with_capacity(512);
+        parts.write_buf = BytesMut::new();
         LineConn {
-            framed: Framed::with_capacity(stream, BoundedLines::new(max_line), 1024),
+            framed: Framed::from_parts(parts),
         }
     }
 }

@@ -22,8 +22,9 @@ pub enum Out {
     /// A push, rendered by the session in its own encoding.
     Event(Arc<Event>),
     /// An answer already rendered for this session (e.g. `OK SENT`, which
-    /// comes back from the store pipeline).
-    Reply(String),
+    /// comes back from the store pipeline). Boxed so that an `Out` is two
+    /// words: every session's queue holds room for 32 of them from the start.
+    Reply(Box<String>),
 }
 
 /// A handle on one local session.
@@ -250,6 +251,11 @@ mod tests {
         assert_eq!(hub.count("alice"), 2);
         hub.remove("alice", SessionId(1), &[]);
         assert_eq!(hub.count("alice"), 1);
+    }
+
+    #[test]
+    fn queue_items_stay_two_words() {
+        assert!(std::mem::size_of::<Out>() <= 16);
     }
 
     #[test]

@@ -44,7 +44,7 @@ pub struct Origin {
 impl Origin {
     fn answer(&self, reply: Reply, metrics: &Metrics) {
         let line = reply.render(self.enc, self.cid.as_deref());
-        self.session.push(Out::Reply(line), metrics);
+        self.session.push(Out::Reply(Box::new(line)), metrics);
     }
 }
 

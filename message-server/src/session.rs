@@ -73,7 +73,9 @@ pub async fn run<C: Conn>(
 ) {
     let (tx, rx) = mpsc::channel(state.limits.session_queue.max(1));
     let id = state.ids.session();
-    let span = tracing::info_span!("session", server = %state.server_id, session = %id, %peer, user = tracing::field::Empty);
+    // A debug span: free at the default info level (an info span costs about
+    // 600 bytes per idle connection); the warnings below name the session.
+    let span = tracing::debug_span!("session", server = %state.server_id, session = %id, %peer, user = tracing::field::Empty);
     let handle = SessionHandle {
         id,
         tx,
@@ -97,9 +99,13 @@ pub async fn run<C: Conn>(
         let close = session.serve(&mut conn, rx, login).await;
         if let Some(close) = close {
             tracing::debug!(code = close.code, reason = %close.reason, "closing");
-            let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(&close)).await;
+            let _ = Box::pin(tokio::time::timeout(
+                Duration::from_secs(2),
+                conn.close(&close),
+            ))
+            .await;
         }
-        session.cleanup().await;
+        Box::pin(session.cleanup()).await;
     }
     .instrument(span)
     .await;
@@ -124,7 +130,7 @@ impl Session {
                 enc: Encoding::Text,
                 cid: None,
             };
-            if let Flow::Close(c) = self.handle(conn, req).await {
+            if let Flow::Close(c) = Box::pin(self.handle(conn, req)).await {
                 return Some(c);
             }
             if self.user.is_none() {
@@ -139,7 +145,10 @@ impl Session {
                 return None;
             }
         }
-        let limits = self.state.limits.clone();
+        // The state, not a copy of the limits: this future lives as long as
+        // the connection, so every byte in it counts.
+        let state = Arc::clone(&self.state);
+        let limits = &state.limits;
         let kick = self.handle.kick.clone();
         let shutdown = self.state.shutdown.clone();
         let idle = tokio::time::sleep(self.idle_limit());
@@ -157,7 +166,7 @@ impl Session {
                 }
                 out = rx.recv() => {
                     let out = out?;
-                    if let Err(e) = self.write_batch(conn, out, &mut rx).await {
+                    if let Err(e) = Box::pin(self.write_batch(conn, out, &mut rx)).await {
                         tracing::debug!(error = %e, "write failed");
                         return None;
                     }
@@ -187,7 +196,9 @@ impl Session {
                         }
                     }
                     let flow = match input {
-                        Input::Text(text) => self.input(conn, &text).await,
+                        // Boxed: command handling is the deepest future here, and an
+                        // idle session should not carry its space.
+                        Input::Text(text) => Box::pin(self.input(conn, &text)).await,
                         Input::TooLong => self.answer(conn, Encoding::Text, None, ClientError::new(
                             ErrCode::TooLong,
                             format!("line is over the limit of {} bytes and was skipped", limits.max_message),
@@ -206,7 +217,7 @@ impl Session {
                     match flow {
                         Flow::Continue => {}
                         Flow::Close(c) => return Some(c),
-                        Flow::Quit(enc, cid) => return Some(self.quit(conn, &mut rx, enc, cid).await),
+                        Flow::Quit(enc, cid) => return Some(Box::pin(self.quit(conn, &mut rx, enc, cid)).await),
                     }
                     if conn.flush().await.is_err() {
                         return None;
@@ -298,7 +309,7 @@ impl Session {
         match out {
             Out::Reply(line) => {
                 self.pending = self.pending.saturating_sub(1);
-                conn.feed(line).await
+                conn.feed(*line).await
             }
             Out::Event(ev) => {
                 if let Event::Direct { seq, .. } = &*ev
@@ -409,7 +420,7 @@ impl Session {
                 match self.state.store.ack(&user, &device, seq).await {
                     Ok(()) => return Flow::Continue,
                     Err(e) => {
-                        tracing::warn!(error = %e, "ack not stored");
+                        tracing::warn!(session = %self.handle.id, user = self.user.as_deref().unwrap_or("-"), error = %e, "ack not stored");
                         ClientError::new(
                             ErrCode::Unavailable,
                             "ack not stored: storage is unavailable",
@@ -423,7 +434,7 @@ impl Session {
                 Ok(0) => Reply::Offline { user },
                 Ok(n) => Reply::Online { user, sessions: n },
                 Err(e) => {
-                    tracing::warn!(error = %e, "who failed");
+                    tracing::warn!(session = %self.handle.id, user = self.user.as_deref().unwrap_or("-"), error = %e, "who failed");
                     ClientError::new(ErrCode::Unavailable, "presence is unavailable right now")
                         .into()
                 }
@@ -479,7 +490,7 @@ impl Session {
             .add_session(&user, self.handle.id)
             .await
         {
-            tracing::warn!(error = %e, "session not recorded");
+            tracing::warn!(session = %self.handle.id, user = self.user.as_deref().unwrap_or("-"), error = %e, "session not recorded");
             return Err(ClientError::new(
                 ErrCode::Unavailable,
                 "cannot log in: the directory is unavailable; try again",
@@ -546,7 +557,7 @@ impl Session {
                 Err(flow) => flow,
             },
             Err(e) => {
-                tracing::warn!(error = %e, "cursor not read; skipping login replay");
+                tracing::warn!(session = %self.handle.id, user = self.user.as_deref().unwrap_or("-"), error = %e, "cursor not read; skipping login replay");
                 Flow::Continue
             }
         }
@@ -584,8 +595,9 @@ impl Session {
     ) -> Result<(u64, String), Flow> {
         let user = self.user_name();
         let store = self.state.store.clone();
+        let session = self.handle.id;
         let unavailable = |e: crate::db::DbError| {
-            tracing::warn!(error = %e, "inbox not read");
+            tracing::warn!(%session, user = %user, error = %e, "inbox not read");
             ClientError::new(
                 ErrCode::Unavailable,
                 "inbox is unavailable right now; SYNC again",
@@ -687,9 +699,11 @@ impl Session {
         match tokio::time::timeout(Duration::from_secs(3), removal).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "session entry not removed; the server purge will")
+                tracing::warn!(session = %self.handle.id, user = self.user.as_deref().unwrap_or("-"), error = %e, "session entry not removed; the server purge will")
             }
-            Err(_) => tracing::warn!("session entry removal timed out; the server purge will"),
+            Err(_) => {
+                tracing::warn!(session = %self.handle.id, "session entry removal timed out; the server purge will")
+            }
         }
         tracing::debug!("session ended");
     }

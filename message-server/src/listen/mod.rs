@@ -21,8 +21,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::state::State;
 
-/// A client's byte stream: plain TCP, or TLS over it.
-pub type ClientIo = Either<TcpStream, tls_config::server::TlsStream<TcpStream>>;
+/// A client's byte stream: plain TCP, or TLS over it (boxed: a TLS state
+/// is about a kilobyte, and every plain connection would carry its size).
+pub type ClientIo = Either<TcpStream, Box<tls_config::server::TlsStream<TcpStream>>>;
 
 /// One connection being served (boxed: it is stored in a task either way).
 pub type Serving = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -65,7 +66,7 @@ pub async fn accept_loop<F>(
                 Some(acceptor) => {
                     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
                     {
-                        Ok(Ok(tls_stream)) => Either::Right(tls_stream),
+                        Ok(Ok(tls_stream)) => Either::Right(Box::new(tls_stream)),
                         Ok(Err(e)) => {
                             return tracing::debug!(%peer, error = %e, "TLS handshake failed");
                         }

@@ -34,10 +34,12 @@ use crate::session::{self, HandshakeLogin};
 use crate::state::{Admission, Refusal, State};
 
 /// The WebSocket settings every connection gets: small buffers (the
-/// defaults cost ~128 KiB per idle connection), the configured size limits.
+/// defaults cost ~128 KiB per idle connection; a 512-byte read buffer holds
+/// a chat message, and a larger frame gets its whole length reserved), the
+/// configured size limits.
 pub fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(512)
         .write_buffer_size(0)
         .max_write_buffer_size(max_message.saturating_mul(4).max(64 * 1024))
         .max_message_size(Some(max_message))
