@@ -120,6 +120,11 @@ pub struct Limits {
     #[arg(long, env = "SB_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 
+    /// TCP keepalive idle time on client sockets: the kernel notices a peer
+    /// that vanished without a FIN even while the session is quiet.
+    #[arg(long, env = "SB_TCP_KEEPALIVE", default_value = "30s", value_parser = parse_duration)]
+    pub tcp_keepalive: Duration,
+
     /// A connection that has not logged in after this long is closed.
     #[arg(long, env = "SB_LOGIN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub login_timeout: Duration,

@@ -430,6 +430,33 @@ impl Session {
                 }
             }
             Command::Sync { after, epoch } => return self.sync(conn, enc, cid, after, epoch).await,
+            Command::History { room, count } => {
+                let bound = self.state.limits.room_history;
+                let count = count.unwrap_or(bound).min(bound);
+                match self.state.store.room_history(&room, count).await {
+                    Ok(messages) => {
+                        let n = messages.len() as u64;
+                        for msg in messages {
+                            if conn.feed(Event::Room(msg).render(enc)).await.is_err() {
+                                return Flow::Close(Close::new(
+                                    code::GOING_AWAY,
+                                    None,
+                                    "write failed",
+                                ));
+                            }
+                        }
+                        Reply::History { room, count: n }
+                    }
+                    Err(e) => {
+                        tracing::warn!(session = %self.handle.id, error = %e, "room history not read");
+                        ClientError::new(
+                            ErrCode::Unavailable,
+                            "room history is unavailable right now",
+                        )
+                        .into()
+                    }
+                }
+            }
             Command::Who { user } => match self.state.directory.who(&user).await {
                 Ok(0) => Reply::Offline { user },
                 Ok(n) => Reply::Online { user, sessions: n },

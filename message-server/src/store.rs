@@ -109,6 +109,33 @@ impl Store {
         cmd
     }
 
+    /// The latest `count` messages of a room's history, oldest first.
+    pub async fn room_history(&self, room: &str, count: u64) -> Result<Vec<RoomMsg>, DbError> {
+        let range: StreamRangeReply = self
+            .db
+            .conn()
+            .xrevrange_count(keys::room(room), "+", "-", count)
+            .await
+            .map_err(|e| self.db.failed(e))?;
+        let mut out = Vec::with_capacity(range.ids.len());
+        for entry in range.ids.into_iter().rev() {
+            let field = |k: &str| entry.map.get(k).and_then(text);
+            let (Some(id), Some(from), Some(ts), Some(body)) =
+                (field("id"), field("f"), field("ts"), field("x"))
+            else {
+                return Err(DbError::Shape("room history entry fields"));
+            };
+            out.push(RoomMsg {
+                room: room.to_owned(),
+                from,
+                id,
+                ts: ts.parse().map_err(|_| DbError::Shape("room history ts"))?,
+                text: body,
+            });
+        }
+        Ok(out)
+    }
+
     /// Runs `cmds` as one pipeline (one write, one read: Redis runs them in
     /// this order, back to back) and returns each one's reply. When Redis
     /// has lost its script cache (a restart), the scripts are loaded and the

@@ -329,3 +329,46 @@ async fn messages_older_than_the_age_bound_leave_the_inbox() {
     let (seq, _, _, text) = parse_msg(&bob.expect_prefix("MSG ").await);
     assert_eq!((seq, text.as_str()), (21, "n21"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_keeps_a_bounded_history_for_late_joiners() {
+    let c = Cluster::start_with(2, |cfg| cfg.limits.room_history = 100).await;
+    let mut m1 = WsClient::login(c.server("a").ws, "m1").await;
+    m1.send("JOIN lobby").await;
+    m1.expect_prefix("OK JOIN").await;
+    for n in 1..=150 {
+        m1.send(&format!("PUB lobby n{n}")).await;
+    }
+    for _ in 1..=150 {
+        m1.expect_prefix("OK PUB ").await;
+    }
+    // A user on the other server arriving later reads what it missed.
+    let mut late = TcpClient::login(c.server("b").tcp, "late").await;
+    late.send("HISTORY lobby 3").await;
+    for n in 148..=150 {
+        assert!(late.recv().await.ends_with(&format!(" n{n}")));
+    }
+    assert_eq!(late.recv().await, "OK HISTORY lobby 3");
+    // Asking for more than the bound gets about the bound (Redis trims in blocks).
+    late.send(r#"{"op":"history","room":"lobby","count":1000,"cid":"h"}"#)
+        .await;
+    let mut rooms = 0;
+    let done = loop {
+        let line = late.recv().await;
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        if v["type"] == "room" {
+            rooms += 1;
+        } else {
+            break v;
+        }
+    };
+    assert_eq!(
+        (
+            done["type"].as_str(),
+            done["count"].as_u64(),
+            done["cid"].as_str()
+        ),
+        (Some("history"), Some(rooms), Some("h"))
+    );
+    assert!((100..150).contains(&rooms), "{rooms} kept");
+}

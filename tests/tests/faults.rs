@@ -312,3 +312,50 @@ async fn a_third_server_joins_a_running_cluster() {
         .collect();
     assert!(ids.contains(&"c"), "{servers}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_removes_what_its_previous_life_left() {
+    let redis = RedisServer::start();
+    // No relay anywhere: nobody but the server itself can clean up.
+    let nowhere = free_addr();
+    let mut a = ServerProc::start("a", &redis.url(), nowhere, &[]);
+    let _bob = WsClient::login(a.ws, "bob").await;
+    let epoch = |conn: &mut redis::Connection| -> Option<String> {
+        redis::cmd("HGET")
+            .arg("sb:srv:a")
+            .arg("epoch")
+            .query(conn)
+            .expect("hget")
+    };
+    let first = eventually(Duration::from_secs(5), || async {
+        epoch(&mut redis.conn())
+    })
+    .await
+    .expect("registered");
+    a.proc.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        redis.keys("sb:user:*"),
+        ["sb:user:bob"],
+        "the crash left bob behind"
+    );
+
+    let a2 = ServerProc::start("a", &redis.url(), nowhere, &[]);
+    let cleaned = eventually(Duration::from_secs(5), || async {
+        redis.keys("sb:user:*").is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        cleaned.is_some(),
+        "the new start removed the old sessions: {:?}",
+        redis.keys("sb:user:*")
+    );
+    let second = eventually(Duration::from_secs(5), || async {
+        epoch(&mut redis.conn()).filter(|e| *e != first)
+    })
+    .await;
+    assert!(second.is_some(), "a new epoch is registered");
+    let mut carol = WsClient::login(a2.ws, "carol").await;
+    carol.send("WHO bob").await;
+    assert_eq!(carol.recv().await, "OFFLINE bob");
+}

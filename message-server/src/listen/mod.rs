@@ -60,7 +60,7 @@ pub async fn accept_loop<F>(
         let (state, tls, serve) = (Arc::clone(&state), tls.clone(), Arc::clone(&serve));
         tracker.spawn(async move {
             let _ = stream.set_nodelay(true);
-            crate::socket::keepalive(&stream);
+            crate::socket::keepalive(&stream, state.limits.tcp_keepalive);
             let io = match tls {
                 None => Either::Left(stream),
                 Some(acceptor) => {

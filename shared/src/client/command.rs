@@ -65,6 +65,13 @@ pub enum Command {
         /// the current one the inbox was lost and the replay starts over.
         epoch: Option<String>,
     },
+    /// `HISTORY <room> [<count>]`: the room's latest messages, oldest first.
+    History {
+        /// Room.
+        room: String,
+        /// How many at most (the server caps it at the room's bound).
+        count: Option<u64>,
+    },
     /// `WHO <user>`.
     Who {
         /// Whom.
@@ -197,6 +204,17 @@ fn parse_text(line: &str) -> Result<Command, ClientError> {
                 },
             })
         }
+        "HISTORY" => match words(rest).as_slice() {
+            [room] => Ok(Command::History {
+                room: name_arg("room", room)?,
+                count: None,
+            }),
+            [room, count] => Ok(Command::History {
+                room: name_arg("room", room)?,
+                count: Some(number_arg("count", count)?),
+            }),
+            _ => Err(syntax("usage: HISTORY <room> [<count>]")),
+        },
         "ACK" => match words(rest).as_slice() {
             [seq] => Ok(Command::Ack {
                 seq: number_arg("seq", seq)?,
@@ -255,6 +273,7 @@ struct JsonCommand {
     seq: Option<u64>,
     after: Option<u64>,
     epoch: Option<String>,
+    count: Option<u64>,
 }
 
 fn parse_json(input: &str) -> Result<Request, (ClientError, Encoding, Option<String>)> {
@@ -327,6 +346,10 @@ fn json_command(c: JsonCommand) -> Result<Command, ClientError> {
             after: c.after.unwrap_or(0),
             epoch: c.epoch.map(|e| name_arg("epoch", &e)).transpose()?,
         },
+        "history" => Command::History {
+            room: name_arg("room", &required(op, "room", c.room)?)?,
+            count: c.count,
+        },
         "who" => Command::Who {
             user: name_arg("user", &required(op, "user", c.user)?)?,
         },
@@ -387,6 +410,13 @@ mod tests {
             }
         );
         assert_eq!(text("WHO bob"), Command::Who { user: "bob".into() });
+        assert_eq!(
+            text("HISTORY lobby 5"),
+            Command::History {
+                room: "lobby".into(),
+                count: Some(5)
+            }
+        );
         assert_eq!(text("ping"), Command::Ping);
         assert_eq!(text("QUIT"), Command::Quit);
     }

@@ -33,6 +33,7 @@ pub const HELP: &[&str] = &[
     "ALL <text...>               broadcast to everyone (admin)",
     "ACK <seq>                   mark your inbox read up to <seq> on this device",
     "SYNC <after-seq> [<epoch>]  replay your inbox after <after-seq>",
+    "HISTORY <room> [<count>]    replay a room's latest messages",
     "WHO <user>                  ONLINE <user> <n> or OFFLINE <user>",
     "PING | HELP | QUIT",
 ];

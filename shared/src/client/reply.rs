@@ -120,6 +120,13 @@ pub enum Reply {
         /// Message id.
         id: String,
     },
+    /// `OK HISTORY <room> <n>`: `n` room messages were replayed before it.
+    History {
+        /// Room.
+        room: String,
+        /// How many were replayed.
+        count: u64,
+    },
     /// `OK SYNC <last-seq> <epoch>`: the replay is complete up to `last`.
     Synced {
         /// Highest sequence number replayed (or the `after` asked for when
@@ -238,6 +245,8 @@ struct JsonReply<'a> {
     recovered: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lines: Option<&'a [&'a str]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count: Option<u64>,
 }
 
 impl<'a> JsonReply<'a> {
@@ -260,6 +269,7 @@ impl<'a> JsonReply<'a> {
             to: None,
             recovered: None,
             lines: None,
+            count: None,
         }
     }
 }
@@ -282,6 +292,7 @@ impl Reply {
             Reply::Published { room, id } if room == BROADCAST_ROOM => format!("OK ALL {id}"),
             Reply::Published { room, id } => format!("OK PUB {room} {id}"),
             Reply::Synced { last, epoch } => format!("OK SYNC {last} {epoch}"),
+            Reply::History { room, count } => format!("OK HISTORY {room} {count}"),
             Reply::Online { user, sessions } => format!("ONLINE {user} {sessions}"),
             Reply::Offline { user } => format!("OFFLINE {user}"),
             Reply::Pong => "PONG".to_owned(),
@@ -317,6 +328,11 @@ impl Reply {
                 r = JsonReply::new("published", cid);
                 r.room = Some(room);
                 r.id = Some(id);
+            }
+            Reply::History { room, count } => {
+                r = JsonReply::new("history", cid);
+                r.room = Some(room);
+                r.count = Some(*count);
             }
             Reply::Synced { last, epoch } => {
                 r = JsonReply::new("synced", cid);
