@@ -149,6 +149,7 @@ impl Session {
         // the connection, so every byte in it counts.
         let state = Arc::clone(&self.state);
         let limits = &state.limits;
+        let max_pending = (limits.session_queue / 2).max(1);
         let kick = self.handle.kick.clone();
         let shutdown = self.state.shutdown.clone();
         let idle = tokio::time::sleep(self.idle_limit());
@@ -171,7 +172,10 @@ impl Session {
                         return None;
                     }
                 }
-                input = conn.recv() => {
+                // A client with many sends in flight is not read until their
+                // answers are written: its own replies can never overflow its
+                // queue, and the backpressure reaches its socket.
+                input = conn.recv(), if self.pending < max_pending => {
                     self.last_heard = Instant::now();
                     if matches!(input, Input::Text(_) | Input::TooLong | Input::BadUtf8) {
                         match self.rate.check() {

@@ -350,3 +350,25 @@ async fn quit_answers_what_is_being_stored_and_closes_cleanly() {
     assert_eq!(w.recv().await, "BYE");
     assert_eq!(w.expect_close().await, Some(1000));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pipelining_many_sends_gets_every_answer() {
+    let c = Cluster::start_with(1, |cfg| {
+        cfg.limits.session_queue = 16;
+        cfg.limits.rate_limit = 0;
+    })
+    .await;
+    let mut t = TcpClient::login(c.server("a").tcp, "piper").await;
+    // 1,000 sends in one write, far more than the session's queue holds:
+    // the server stops reading until answers are out, instead of dropping.
+    let burst: String = (0..1000).map(|n| format!("SEND sink n{n}\r\n")).collect();
+    t.send_raw(burst.as_bytes()).await;
+    for n in 1..=1000u64 {
+        let line = t.recv().await;
+        assert!(
+            line.starts_with("OK SENT ") && line.ends_with(&format!(" {n}")),
+            "answer {n}: {line}"
+        );
+    }
+    assert_eq!(c.server("a").metrics.slow_consumers.get(), 0);
+}
