@@ -10,12 +10,12 @@ use std::future::Future;
 use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use shared::client::ErrCode;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::codec::{Decoder, Encoder, Framed, FramedParts, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 
 /// RFC 6455 close codes we send.
 pub mod code {
@@ -263,38 +263,31 @@ impl Decoder for BoundedLines {
     }
 }
 
-impl Encoder<String> for BoundedLines {
-    type Error = std::io::Error;
-
-    fn encode(&mut self, line: String, dst: &mut BytesMut) -> Result<(), std::io::Error> {
-        dst.reserve(line.len() + 2);
-        dst.extend_from_slice(line.as_bytes());
-        dst.extend_from_slice(b"\r\n");
-        Ok(())
-    }
-}
-
-/// A telnet-style line connection.
+/// A telnet-style line connection: lines read through [`BoundedLines`],
+/// lines written through a small buffer of our own.
+///
+/// Not `Framed`: it starts with 8 KiB buffers each way (even when given
+/// smaller ones), which would be most of an idle session's memory.
 pub struct LineConn<S> {
-    framed: Framed<S, BoundedLines>,
+    reader: FramedRead<S, BoundedLines>,
+    out: Vec<u8>,
 }
+
+/// Output buffered above this is given back once written.
+const LINE_OUT_KEEP: usize = 4096;
 
 impl<S: AsyncRead + AsyncWrite> LineConn<S> {
     pub fn new(stream: S, max_line: usize) -> Self {
-        // Small buffers that grow on demand: `Framed`'s defaults (8 KiB
-        // each way) would be most of an idle session's memory.
-        let mut parts = FramedParts::new::<String>(stream, BoundedLines::new(max_line));
-        parts.read_buf = BytesMut::with_capacity(512);
-        parts.write_buf = BytesMut::new();
         LineConn {
-            framed: Framed::from_parts(parts),
+            reader: FramedRead::with_capacity(stream, BoundedLines::new(max_line), 512),
+            out: Vec::new(),
         }
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for LineConn<S> {
     async fn recv(&mut self) -> Input {
-        match self.framed.next().await {
+        match self.reader.next().await {
             Some(Ok(Line::Text(s))) => Input::Text(s),
             Some(Ok(Line::TooLong)) => Input::TooLong,
             Some(Ok(Line::BadUtf8)) => Input::BadUtf8,
@@ -303,17 +296,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for LineConn<S> {
     }
 
     async fn feed(&mut self, text: String) -> Result<(), WriteError> {
-        self.framed
-            .feed(text)
-            .await
-            .map_err(|e| WriteError(e.to_string()))
+        self.out.reserve(text.len() + 2);
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), WriteError> {
-        self.framed
-            .flush()
-            .await
-            .map_err(|e| WriteError(e.to_string()))
+        // No read is in progress while a session writes (one task, one
+        // select!), so the stream is ours to write to.
+        let stream = self.reader.get_mut();
+        let written = async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        };
+        let result = written.await.map_err(|e| WriteError(e.to_string()));
+        self.out.clear();
+        if self.out.capacity() > LINE_OUT_KEEP {
+            self.out = Vec::new();
+        }
+        result
     }
 
     async fn ping(&mut self) -> Result<(), WriteError> {
@@ -328,9 +330,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for LineConn<S> {
             None => None,
         };
         if let Some(line) = line {
-            let _ = self.framed.send(line).await;
+            let _ = self.feed(line).await;
+            let _ = self.flush().await;
         }
-        let _ = tokio::io::AsyncWriteExt::shutdown(self.framed.get_mut()).await;
+        let _ = self.reader.get_mut().shutdown().await;
     }
 
     fn has_ping(&self) -> bool {
