@@ -8,7 +8,7 @@
 //!   `relay_purge_seconds`.
 //! - **The sweep** (at start-up and every `--sweep-interval`) catches
 //!   servers that died while no relay watched them: an id in `sb:servers`
-//!   whose entry expired is purged with [`keys::PURGE_GONE`] (every epoch);
+//!   whose entry expired is purged with [`keys::PURGE_SERVER`] in `gone` mode (every epoch);
 //!   an entry whose `seen` is older than `--stale-after`, for a server not
 //!   linked here, is purged in `epoch` mode.
 //!
@@ -32,14 +32,12 @@ use crate::registry::{self, Entry};
 /// The purge scripts, hashed once.
 pub(crate) struct Scripts {
     purge: Script,
-    gone: Script,
 }
 
 impl Scripts {
     pub(crate) fn new() -> Scripts {
         Scripts {
             purge: Script::new(keys::PURGE_SERVER),
-            gone: Script::new(keys::PURGE_GONE),
         }
     }
 }
@@ -134,14 +132,16 @@ async fn purge_epoch(ctx: &Ctx, server: &str, epoch: u64) -> RedisResult<u64> {
     Ok(u64::try_from(removed).unwrap_or(0))
 }
 
-/// [`keys::PURGE_GONE`]; `None` when the entry exists after all.
+/// [`keys::PURGE_SERVER`] in `gone` mode; `None` when the entry exists after all.
 async fn purge_gone(ctx: &Ctx, server: &str) -> RedisResult<Option<u64>> {
     let mut conn = ctx.redis.clone();
-    let mut call = ctx.scripts.gone.prepare_invoke();
+    let mut call = ctx.scripts.purge.prepare_invoke();
     call.key(keys::server_sessions(server))
         .key(keys::server(server))
         .key(keys::SERVERS)
-        .arg(server);
+        .arg(server)
+        .arg("")
+        .arg("gone");
     let removed: i64 = registry::call(call.invoke_async(&mut conn)).await?;
     Ok(u64::try_from(removed).ok())
 }

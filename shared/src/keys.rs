@@ -72,20 +72,13 @@ pub const SESSION_ADD: &str = include_str!("lua/session_add.lua");
 pub const SESSION_DEL: &str = include_str!("lua/session_del.lua");
 
 /// Removes what a server left: every session of one epoch (`mode = "epoch"`,
-/// the relay purging a dead server) or of every epoch but one
-/// (`mode = "others"`, a server starting with a new epoch).
+/// the relay purging a dead server), of every epoch but one (`mode =
+/// "others"`, a server starting with a new epoch), or of every epoch once its
+/// registry entry has expired (`mode = "gone"`, the relay's sweep; -1 when
+/// the entry exists after all).
 /// `KEYS = [srvsess, srv, servers]`, `ARGV = [server-id, epoch, mode]`.
 /// Returns the number of sessions removed. Idempotent.
 pub const PURGE_SERVER: &str = include_str!("lua/purge_server.lua");
-
-/// Removes what a server left once its registry entry is gone (expired):
-/// the sessions of every epoch, its `sb:srvsess` hash and its id in
-/// `sb:servers`, but only if `sb:srv:{id}` still does not exist when the
-/// script runs (a server registering again meanwhile keeps its sessions).
-/// `KEYS = [srvsess, srv, servers]`, `ARGV = [server-id]`.
-/// Returns the number of sessions removed, or -1 when the entry exists.
-/// Idempotent.
-pub const PURGE_GONE: &str = include_str!("lua/purge_gone.lua");
 
 /// Refreshes a server's registry entry. Returns 0 when the entry was missing
 /// (first start, or Redis lost it), which tells the server to write its live

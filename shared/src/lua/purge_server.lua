@@ -1,12 +1,21 @@
 -- Purges what a server left in Redis. Idempotent: running it twice removes
 -- nothing more the second time.
 -- KEYS[1] sb:srvsess:{server}  KEYS[2] sb:srv:{server}  KEYS[3] sb:servers
--- ARGV[1] server id  ARGV[2] epoch
+-- ARGV[1] server id  ARGV[2] epoch (ignored by "gone")
 -- ARGV[3] "epoch":  remove the sessions of exactly that epoch, and the registry
 --                   entry if it still names that epoch (a dead server);
 --         "others": remove the sessions of every other epoch (a server that
---                   starts again with a new epoch cleans its previous life).
+--                   starts again with a new epoch cleans its previous life);
+--         "gone":   remove every epoch's sessions, but only if the registry
+--                   entry is gone (its TTL ran out: the server died while no
+--                   relay watched it). Checked here, so a server registering
+--                   between the relay's sweep and this call keeps its
+--                   sessions; returns -1 then, having done nothing.
+-- Returns the number of sessions removed.
 local server, epoch, mode = ARGV[1], ARGV[2], ARGV[3]
+if mode == 'gone' and redis.call('EXISTS', KEYS[2]) == 1 then
+  return -1
+end
 local entries = redis.call('HGETALL', KEYS[1])
 local removed = 0
 for i = 1, #entries, 2 do
@@ -15,7 +24,7 @@ for i = 1, #entries, 2 do
   if sep then
     local e = string.sub(held, 1, sep - 1)
     local user = string.sub(held, sep + 1)
-    local match = (e == epoch)
+    local match = (mode == 'gone') or (e == epoch)
     if mode == 'others' then match = not match end
     if match then
       local ukey = 'sb:user:' .. user
@@ -29,7 +38,10 @@ for i = 1, #entries, 2 do
     redis.call('HDEL', KEYS[1], session)
   end
 end
-if mode == 'epoch' and redis.call('HGET', KEYS[2], 'epoch') == epoch then
+if mode == 'gone' then
+  redis.call('DEL', KEYS[1])
+  redis.call('SREM', KEYS[3], server)
+elseif mode == 'epoch' and redis.call('HGET', KEYS[2], 'epoch') == epoch then
   redis.call('DEL', KEYS[2])
   redis.call('SREM', KEYS[3], server)
 end
