@@ -26,6 +26,44 @@ pub enum Seen {
     Timeout,
 }
 
+/// What the tests do with either kind of client: read lines with a deadline.
+/// (Only ever awaited on the test's own task, so no `Send` bound is needed.)
+#[allow(async_fn_in_trait)]
+pub trait LineClient {
+    /// The next line (or text frame), a close, or a timeout after `limit`.
+    fn next_within(&mut self, limit: Duration) -> impl std::future::Future<Output = Seen>;
+
+    /// The next line; panics on close or timeout.
+    async fn recv(&mut self) -> String {
+        match self.next_within(WAIT).await {
+            Seen::Line(l) => l,
+            other => panic!("expected a line, saw {other:?}"),
+        }
+    }
+
+    /// Reads until a line starting with `prefix`; panics if none comes.
+    async fn expect_prefix(&mut self, prefix: &str) -> String {
+        loop {
+            let line = self.recv().await;
+            if line.starts_with(prefix) {
+                return line;
+            }
+        }
+    }
+}
+
+impl LineClient for WsClient {
+    fn next_within(&mut self, limit: Duration) -> impl std::future::Future<Output = Seen> {
+        self.next_frame(limit)
+    }
+}
+
+impl LineClient for TcpClient {
+    fn next_within(&mut self, limit: Duration) -> impl std::future::Future<Output = Seen> {
+        self.next_line(limit)
+    }
+}
+
 /// A WebSocket client.
 pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
@@ -63,7 +101,7 @@ impl WsClient {
     }
 
     /// The next text frame, a close, or a timeout after `limit`.
-    pub async fn next_within(&mut self, limit: Duration) -> Seen {
+    async fn next_frame(&mut self, limit: Duration) -> Seen {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let next = tokio::time::timeout_at(deadline, self.ws.next()).await;
@@ -76,24 +114,6 @@ impl WsClient {
                     return Seen::Closed(frame.map(|f: CloseFrame| u16::from(f.code)));
                 }
                 Ok(Some(Ok(_))) => continue,
-            }
-        }
-    }
-
-    /// The next text frame; panics on close or timeout.
-    pub async fn recv(&mut self) -> String {
-        match self.next_within(WAIT).await {
-            Seen::Line(l) => l,
-            other => panic!("expected a line, saw {other:?}"),
-        }
-    }
-
-    /// Reads until a line starting with `prefix`; panics if none comes.
-    pub async fn expect_prefix(&mut self, prefix: &str) -> String {
-        loop {
-            let line = self.recv().await;
-            if line.starts_with(prefix) {
-                return line;
             }
         }
     }
@@ -146,30 +166,12 @@ impl TcpClient {
     }
 
     /// The next line, end of stream, or a timeout after `limit`.
-    pub async fn next_within(&mut self, limit: Duration) -> Seen {
+    async fn next_line(&mut self, limit: Duration) -> Seen {
         let mut line = String::new();
         match tokio::time::timeout(limit, self.reader.read_line(&mut line)).await {
             Err(_) => Seen::Timeout,
             Ok(Ok(0)) | Ok(Err(_)) => Seen::Closed(None),
             Ok(Ok(_)) => Seen::Line(line.trim_end_matches(['\r', '\n']).to_owned()),
-        }
-    }
-
-    /// The next line; panics on close or timeout.
-    pub async fn recv(&mut self) -> String {
-        match self.next_within(WAIT).await {
-            Seen::Line(l) => l,
-            other => panic!("expected a line, saw {other:?}"),
-        }
-    }
-
-    /// Reads until a line starting with `prefix`.
-    pub async fn expect_prefix(&mut self, prefix: &str) -> String {
-        loop {
-            let line = self.recv().await;
-            if line.starts_with(prefix) {
-                return line;
-            }
         }
     }
 

@@ -9,7 +9,7 @@
 pub mod clients;
 pub mod redis_server;
 
-pub use clients::{TcpClient, WsClient};
+pub use clients::{LineClient, TcpClient, WsClient};
 pub use redis_server::RedisServer;
 
 /// How long a test waits for an expected line before failing.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use switchboard_tests::{Cluster, TcpClient, WsClient};
+use switchboard_tests::{Cluster, LineClient, TcpClient, WsClient};
 
 /// `(seq, from, to, text)` of a `MSG` line.
 fn parse_msg(line: &str) -> (u64, String, String, String) {

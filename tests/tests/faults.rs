@@ -6,7 +6,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use switchboard_tests::procs::{RelayProc, ServerProc};
-use switchboard_tests::{Cluster, RedisServer, TcpClient, WsClient, eventually, http_get, metric};
+use switchboard_tests::{
+    Cluster, LineClient, RedisServer, TcpClient, WsClient, eventually, http_get, metric,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn free_addr() -> SocketAddr {

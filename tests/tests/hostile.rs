@@ -14,7 +14,9 @@ use hmac::{Hmac, Mac};
 use shared::codec::LinkCodec;
 use shared::link::{Frame, LINK_VERSION, ServerAddrs, auth_tag};
 use switchboard_tests::clients::{RawWs, Seen};
-use switchboard_tests::{RedisServer, Relay, Server, TcpClient, WsClient, http_get, metric};
+use switchboard_tests::{
+    LineClient, RedisServer, Relay, Server, TcpClient, WsClient, http_get, metric,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;

@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use futures_util::{SinkExt, StreamExt};
-use switchboard_tests::{Cluster, WsClient};
+use switchboard_tests::{Cluster, LineClient, WsClient};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 

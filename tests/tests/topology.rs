@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use switchboard_tests::clients::Seen;
-use switchboard_tests::{Cluster, TcpClient, WsClient, metric};
+use switchboard_tests::{Cluster, LineClient, TcpClient, WsClient, metric};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Parses `MSG <seq> <from> <to> <msg-id> <unix-ms> <text...>`.
