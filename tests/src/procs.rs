@@ -205,21 +205,21 @@ pub struct ServerProc {
 }
 
 impl ServerProc {
-    /// Starts server `id` linked to `relay`, insecure login, with `extra` flags.
+    /// Starts server `id` linked to `relay`, insecure login, with `extra`
+    /// flags (an `--ws`, `--tcp` or `--relay` there replaces the default).
     pub fn start(id: &str, redis: &str, relay: SocketAddr, extra: &[&str]) -> ServerProc {
         let mut args: Vec<String> = vec!["--id".into(), id.into()];
-        for flag in ["--ws", "--tcp"] {
+        let relay = relay.to_string();
+        for (flag, default) in [
+            ("--ws", "127.0.0.1:0"),
+            ("--tcp", "127.0.0.1:0"),
+            ("--relay", relay.as_str()),
+        ] {
             if !extra.contains(&flag) {
-                args.extend([flag.to_owned(), "127.0.0.1:0".to_owned()]);
+                args.extend([flag.to_owned(), default.to_owned()]);
             }
         }
-        args.extend([
-            "--relay".into(),
-            relay.to_string(),
-            "--redis".into(),
-            redis.into(),
-            "--insecure-login".into(),
-        ]);
+        args.extend(["--redis".into(), redis.into(), "--insecure-login".into()]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let proc = Proc::spawn(&format!("server-{id}"), MESSAGE_SERVER, &args);
         let line = proc.wait_line("listening ws=", Duration::from_secs(20));

@@ -361,3 +361,34 @@ async fn a_restarted_server_removes_what_its_previous_life_left() {
     carol.send("WHO bob").await;
     assert_eq!(carol.recv().await, "OFFLINE bob");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_relays_delivery_survives_the_loss_of_one() {
+    let redis = RedisServer::start();
+    let mut r1 = RelayProc::start(&redis.url(), free_addr(), &["--relay-id", "r1"]);
+    let r2 = RelayProc::start(&redis.url(), free_addr(), &["--relay-id", "r2"]);
+    let relays = format!("{},{}", r1.link, r2.link);
+    let a = ServerProc::start("a", &redis.url(), r1.link, &["--relay", &relays]);
+    let b = ServerProc::start("b", &redis.url(), r1.link, &["--relay", &relays]);
+    // Each server links to both relays.
+    a.wait_linked(2);
+    b.wait_linked(2);
+    let mut alice = WsClient::login(a.ws, "alice").await;
+    let mut bob = WsClient::login(b.ws, "bob").await;
+    delivery_works(&mut alice, &mut bob, "bob", Duration::from_secs(5)).await;
+
+    r1.proc.kill9();
+    // The other relay carries on at once: no relink, no lost push.
+    let took = delivery_works(&mut alice, &mut bob, "bob", Duration::from_secs(5)).await;
+    delivery_works(&mut bob, &mut alice, "alice", Duration::from_secs(5)).await;
+    println!("one of two relays killed -> delivery through the other after {took:?}");
+    let (_, servers) = http_get(r2.admin, "/servers").await;
+    let servers: serde_json::Value = serde_json::from_str(&servers).expect("json");
+    let up = servers
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|s| s["link"] == "up")
+        .count();
+    assert_eq!(up, 2, "both servers still linked to r2: {servers}");
+}
