@@ -2,7 +2,7 @@
 //! epochs, device cursors, `cid` de-duplication and room history.
 //!
 //! A direct message is stored by one script ([`shared::keys::SEND`]) before
-//! anyone is told about it; see [`Store::send`].
+//! anyone is told about it; see [`Store::send_cmd`].
 
 use std::time::Duration;
 
