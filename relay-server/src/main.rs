@@ -1,5 +1,5 @@
 //! `relay-server`: see [`relay_server::cli`].
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     relay_server::cli::main()
 }
