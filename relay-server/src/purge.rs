@@ -120,30 +120,27 @@ async fn after_death(ctx: Arc<Ctx>, server: String, epoch: u64, last_heard: Inst
 
 /// [`keys::PURGE_SERVER`] in `epoch` mode; the number of sessions removed.
 async fn purge_epoch(ctx: &Ctx, server: &str, epoch: u64) -> RedisResult<u64> {
-    let mut conn = ctx.redis.clone();
-    let mut call = ctx.scripts.purge.prepare_invoke();
-    call.key(keys::server_sessions(server))
-        .key(keys::server(server))
-        .key(keys::SERVERS)
-        .arg(server)
-        .arg(epoch.to_string())
-        .arg("epoch");
-    let removed: i64 = registry::call(call.invoke_async(&mut conn)).await?;
+    let removed = purge(ctx, server, &epoch.to_string(), "epoch").await?;
     Ok(u64::try_from(removed).unwrap_or(0))
 }
 
 /// [`keys::PURGE_SERVER`] in `gone` mode; `None` when the entry exists after all.
 async fn purge_gone(ctx: &Ctx, server: &str) -> RedisResult<Option<u64>> {
+    let removed = purge(ctx, server, "", "gone").await?;
+    Ok(u64::try_from(removed).ok())
+}
+
+/// One run of [`keys::PURGE_SERVER`]; its raw answer.
+async fn purge(ctx: &Ctx, server: &str, epoch: &str, mode: &str) -> RedisResult<i64> {
     let mut conn = ctx.redis.clone();
     let mut call = ctx.scripts.purge.prepare_invoke();
     call.key(keys::server_sessions(server))
         .key(keys::server(server))
         .key(keys::SERVERS)
         .arg(server)
-        .arg("")
-        .arg("gone");
-    let removed: i64 = registry::call(call.invoke_async(&mut conn)).await?;
-    Ok(u64::try_from(removed).ok())
+        .arg(epoch)
+        .arg(mode);
+    registry::call(call.invoke_async(&mut conn)).await
 }
 
 /// Waits until Redis answers (logging once while it does not), then sweeps
