@@ -3,6 +3,7 @@
 //! This crate does no I/O: no sockets, no clocks, no randomness. It holds
 //! the words the processes speak to each other and to Redis:
 //!
+//! - [`backoff`]: the one retry schedule (exponential, jittered);
 //! - [`ids`]: names of users, rooms and servers, and how they are checked;
 //! - [`link`]: the frames on the message-server <-> relay link and how a link
 //!   authenticates ([`link::auth_tag`]);
@@ -12,6 +13,7 @@
 //! - [`keys`]: Redis key names and the Lua scripts that update them;
 //! - [`config`]: how durations are written in flags.
 
+pub mod backoff;
 pub mod client;
 pub mod codec;
 pub mod config;
