@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: a private `redis-server` on a
 //! free port, and small real clients (WebSocket and telnet-style TCP) that
-//! read with timeouts so a broken server fails a test instead of hanging it.
+//! read with timeouts so a broken server fails a test instead of hanging it,
+//! and a fault-injection TCP proxy ([`proxy`]) that can delay or black-hole
+//! one link.
 //!
 //! Nothing here fakes a part of the system: Redis is the real server binary,
 //! the relay and message servers are the real libraries (or binaries), and
@@ -35,6 +37,7 @@ where
 
 pub mod cluster;
 pub mod procs;
+pub mod proxy;
 pub use cluster::{Cluster, Relay, Server};
 
 /// A plain HTTP/1.1 GET over a fresh connection; returns status and body.
