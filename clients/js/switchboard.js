@@ -454,7 +454,17 @@ export class Client {
         if (this.ws === ws) this.onLost();
       };
       ws.onerror = () => {
-        // onclose follows and decides.
+        // Before login an error ends the attempt (some implementations
+        // fire no close for a refused handshake); after it, onclose decides.
+        if (!loggedIn) {
+          clearTimeout(openTimer);
+          reject(new ConnectionError('disconnected', `cannot connect to ${url}`));
+          try {
+            ws.close();
+          } catch {
+            // not open
+          }
+        }
       };
     });
   }
@@ -609,15 +619,17 @@ export class Client {
       return;
     }
     if (m.kind === 'room') {
-      if (this.roomIds.has(m.id)) return;
-      this.roomIds.add(m.id);
-      if (this.roomIds.size > ROOM_IDS_KEPT) this.roomIds.delete(this.roomIds.values().next().value);
+      // A HISTORY answer in progress for this room: its replay goes there.
       for (const p of this.pending.values()) {
         if (p.collect && p.op.room === m.room) {
           p.collect.push(m);
           return;
         }
       }
+      // A room message is pushed once per session; after a reconnect, once more is possible.
+      if (this.roomIds.has(m.id)) return;
+      this.roomIds.add(m.id);
+      if (this.roomIds.size > ROOM_IDS_KEPT) this.roomIds.delete(this.roomIds.values().next().value);
     }
     this.emit('message', m);
   }
