@@ -9,6 +9,11 @@
 // when it sees a gap. Sends waiting for `OK SENT` when the connection drops
 // are sent again with the same `cid`, which the server stores once.
 //
+// A user's inbox holds the messages they received and those they sent (from
+// any device), each with its own seq: copies of what other devices sent are
+// `message` events with `from` equal to the user; copies of what this client
+// sent are not (the `send` promise already told).
+//
 // A browser cannot read the status of a refused WebSocket handshake, so when
 // a connection cannot be opened the client asks the server's HTTP port for
 // `GET /servers` (CORS-enabled: the servers with room) and tries those.
@@ -200,6 +205,7 @@ export function serversUrlOf(url) {
 }
 
 const ROOM_IDS_KEPT = 2048;
+const OWN_IDS_KEPT = 4096;
 
 /**
  * A Switchboard connection that logs in, reconnects and resumes by itself.
@@ -244,6 +250,8 @@ export class Client {
     /** @type {Set<string>} */
     this.rooms = new Set();
     this.roomIds = new Set();
+    /** ids of the messages this client sent (their copies in the user's inbox are not events) */
+    this.ownIds = new Set();
     this.nextCid = 1;
     this.cidPrefix = Math.random().toString(36).slice(2, 8);
     this.ws = null;
@@ -646,6 +654,9 @@ export class Client {
       return;
     }
     this.lastSeq = seq;
+    // The user's inbox holds what they sent too; what this client sent it
+    // already knows from `send`, so only its seq is taken.
+    if (m.from === this.user && this.ownIds.has(m.id)) return;
     this.emit('message', m);
     this.scheduleAck();
   }
@@ -701,6 +712,8 @@ export class Client {
    */
   async send(to, text) {
     const r = await this.request({ op: 'send', to, text }, { retry: true });
+    this.ownIds.add(r.id);
+    if (this.ownIds.size > OWN_IDS_KEPT) this.ownIds.delete(this.ownIds.values().next().value);
     return { id: r.id, seq: r.seq };
   }
 

@@ -30,7 +30,12 @@ const JS: &str = "text/javascript; charset=utf-8";
 pub fn serves(path: &str) -> bool {
     matches!(
         path,
-        "/" | "/index.html" | "/app.js" | "/app.css" | "/switchboard.js" | "/servers"
+        "/" | "/index.html"
+            | "/app.js"
+            | "/app.css"
+            | "/switchboard.js"
+            | "/servers"
+            | "/favicon.ico"
     )
 }
 
@@ -41,6 +46,7 @@ pub fn respond(path: &str, headers: &HeaderMap, state: &State) -> Response<Body>
         "/app.js" => asset(JS, APP_JS),
         "/app.css" => asset("text/css; charset=utf-8", APP_CSS),
         "/switchboard.js" => asset(JS, CLIENT_JS),
+        "/favicon.ico" => http::respond(StatusCode::NO_CONTENT, "image/x-icon", ""),
         _ => servers(headers, state),
     }
 }

@@ -96,7 +96,7 @@ function onMessage(m) {
   if (m.kind === 'room') key = `#${m.room}`;
   else if (m.kind === 'all') key = '#everyone';
   else key = `@${m.from === me ? m.to : m.from}`;
-  render(key, { ...m, state: 'received' });
+  render(key, { ...m, state: m.from === me ? 'stored' : 'received' });
 }
 
 function roomsKey() {
@@ -171,6 +171,7 @@ async function send(ev) {
       m.dataset.id = r.id;
     } else {
       const r = await client.send(to, text);
+      seenIds.add(r.id);
       m.dataset.id = r.id;
       m.dataset.seq = String(r.seq);
     }

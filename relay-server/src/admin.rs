@@ -115,7 +115,14 @@ async fn respond(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let known = matches!(
         path,
-        "/healthz" | "/servers" | "/metrics" | "/purges" | "/" | "/dashboard.js" | "/dashboard.css"
+        "/healthz"
+            | "/servers"
+            | "/metrics"
+            | "/purges"
+            | "/"
+            | "/dashboard.js"
+            | "/dashboard.css"
+            | "/favicon.ico"
     );
     if !known {
         return text(StatusCode::NOT_FOUND, "not found\n");
@@ -130,6 +137,7 @@ async fn respond(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
         "/" => page(DASHBOARD_HTML, "text/html; charset=utf-8"),
         "/dashboard.js" => page(DASHBOARD_JS, "text/javascript; charset=utf-8"),
         "/dashboard.css" => page(DASHBOARD_CSS, "text/css; charset=utf-8"),
+        "/favicon.ico" => body(StatusCode::NO_CONTENT, "image/x-icon", String::new()),
         _ => body(StatusCode::OK, OPENMETRICS, ctx.metrics.render()),
     }
 }

@@ -54,6 +54,14 @@ test('send is resolved at OK SENT with msg-id and seq, and the message reaches t
   const reply = await bob.send(a, 'hi alice');
   const back = await waitFor('alice to receive', () => alice.received.find((m) => m.id === reply.id));
   assert.deepEqual([back.from, back.seq, back.text], [b, reply.seq, 'hi alice']);
+  // Seq 1 of alice's inbox is her own message: not an event for the client
+  // that sent it, but one for her other device.
+  assert.equal(back.seq, 2);
+  assert.deepEqual(alice.received.map((m) => m.text), ['hi alice']);
+  const phone = client({ url: cluster.wsUrl('b'), user: a, device: 'phone', history: true });
+  await phone.connect();
+  await waitFor('her other device to replay her inbox', () => phone.received.length === 2);
+  assert.deepEqual(phone.received.map((m) => [m.seq, m.from, m.text]), [[1, a, 'hello bob'], [2, b, 'hi alice']]);
 });
 
 test('rooms: join, publish, history', async () => {
