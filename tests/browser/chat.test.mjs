@@ -61,6 +61,16 @@ test('alice on server a and bob on server b talk through their pages', { skip },
   // The conversation is listed once on each side.
   assert.equal(await alice.locator(`[data-testid=conversation][data-key="@${b}"]`).count(), 1);
   assert.deepEqual(alice.problems, [], 'no console errors or CSP violations');
+
+  // Alice logs in again elsewhere: the page shows the history of both sides.
+  const again = await chatPage(browser, cluster.httpUrl('b'), a);
+  await connected(again);
+  await waitFor('the history on login', async () => (await messages(again)).length === 2);
+  assert.deepEqual(await messages(again), [
+    [b, '1', 'hello alice', 'received'],
+    [a, '2', 'hi bob', 'stored'],
+  ]);
+  await again.context().close();
   await alice.context().close();
   await bob.context().close();
 });
@@ -80,17 +90,23 @@ test('kill -9 of alice\'s server: her page shows reconnecting, then connected, a
     await sendFrom(bob, a, text);
   }
   await waitFor('bob\'s three to be stored', async () => (await messages(bob)).filter((m) => m[3] === 'stored').length === 4);
+  // Alice writes while her server is away: shown as sending until stored.
+  await sendFrom(alice, b, 'queued by alice');
+  await waitFor('alice\'s message to show sending', async () => (await messages(alice)).some((m) => m[2] === 'queued by alice' && m[3] === 'sending'));
   await cluster.start('a');
   await waitFor('alice\'s page to show connected again', async () => (await alice.getByTestId('status').textContent()) === 'connected', 30000);
-  await waitFor('alice to see all four', async () => (await messages(alice)).length >= 4);
+  await waitFor('alice to see all four of bob\'s', async () => (await messages(alice)).filter((m) => m[0] === b).length >= 4);
+  await waitFor('alice\'s queued message to be stored', async () => (await messages(alice)).some((m) => m[2] === 'queued by alice' && m[3] === 'stored'));
   await sendFrom(bob, a, 'after');
   await waitFor('alice to see the one after', async () => (await messages(alice)).some((m) => m[2] === 'after'));
-  assert.deepEqual(await messages(alice), [
+  await waitFor('bob to get alice\'s queued message', async () => (await messages(bob)).some((m) => m[2] === 'queued by alice'));
+  assert.deepEqual((await messages(bob)).filter((m) => m[0] === a), [[a, '5', 'queued by alice', 'received']]);
+  assert.deepEqual((await messages(alice)).filter((m) => m[0] === b), [
     [b, '1', 'before', 'received'],
     [b, '2', 'while down 1', 'received'],
     [b, '3', 'while down 2', 'received'],
     [b, '4', 'while down 3', 'received'],
-    [b, '5', 'after', 'received'],
+    [b, '6', 'after', 'received'],
   ]);
   await alice.context().close();
   await bob.context().close();
