@@ -40,6 +40,8 @@ export interface ClientOptions {
   maxBackoffMs?: number;
   /** how long a request waits for its answer (default 15000) */
   requestTimeoutMs?: number;
+  /** how often to check the connection with PING (default 25000; 0: never) */
+  pingIntervalMs?: number;
   /** a WebSocket constructor (default: the global one) */
   WebSocket?: typeof WebSocket;
   /** a fetch function for GET /servers (default: the global one) */
@@ -48,6 +50,8 @@ export interface ClientOptions {
 
 export class SwitchboardError extends Error {
   constructor(code: string, message: string);
+  /** set on a login refusal that retrying cannot cure */
+  fatal?: boolean;
   /** the server's error code (syntax, auth, full, rate, ...) or closed, timeout, disconnected */
   code: string;
 }

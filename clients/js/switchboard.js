@@ -44,6 +44,7 @@
  * @property {number} [backoffMs] first reconnect delay in ms (default 250)
  * @property {number} [maxBackoffMs] longest reconnect delay in ms (default 5000)
  * @property {number} [requestTimeoutMs] how long a request waits for its answer while connected (default 15000)
+ * @property {number} [pingIntervalMs] how often to check the connection with `PING` (default 25000; 0: never)
  * @property {typeof WebSocket} [WebSocket] a WebSocket constructor (default the global one)
  * @property {typeof fetch} [fetch] a fetch function for `/servers` (default the global one)
  */
@@ -205,6 +206,8 @@ export function serversUrlOf(url) {
 }
 
 const ROOM_IDS_KEPT = 2048;
+/** Login refusals that retrying cannot cure. */
+const FATAL_LOGIN_CODES = new Set(['auth', 'syntax', 'json', 'login', 'forbidden']);
 const OWN_IDS_KEPT = 4096;
 
 /**
@@ -229,6 +232,8 @@ export class Client {
     this.device = options.device;
     this.autoAck = options.autoAck ?? true;
     this.requestTimeoutMs = options.requestTimeoutMs ?? 15000;
+    this.pingIntervalMs = options.pingIntervalMs ?? 25000;
+    this.pingTimer = null;
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     this.fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
     if (!this.WebSocket) {
@@ -327,6 +332,7 @@ export class Client {
   /** Closes the connection for good; pending requests fail with `closed`. */
   close() {
     this.closing = true;
+    clearInterval(this.pingTimer);
     clearTimeout(this.retryTimer);
     clearTimeout(this.ackTimer);
     const ws = this.ws;
@@ -355,7 +361,8 @@ export class Client {
         return;
       } catch (e) {
         lastError = e;
-        if (e instanceof AuthError) {
+        if (e.fatal) {
+          // Trying again cannot help (a refused token, a malformed name).
           this.fatal(e);
           return;
         }
@@ -447,7 +454,9 @@ export class Client {
             resolve();
           } else if (m.type === 'error') {
             ws.close();
-            reject(m.code === 'auth' ? new AuthError(m.message) : new SwitchboardError(m.code, m.message));
+            const e = m.code === 'auth' ? new AuthError(m.message) : new SwitchboardError(m.code, m.message);
+            e.fatal = FATAL_LOGIN_CODES.has(m.code);
+            reject(e);
           }
           return;
         }
@@ -479,6 +488,7 @@ export class Client {
 
   onLoggedIn() {
     this.backoff.reset();
+    this.startLiveness();
     this.setState('connected');
     this.emit('server', this.server);
     this.settleConnect(null);
@@ -490,7 +500,37 @@ export class Client {
     }
   }
 
+  /**
+   * A `PING` every `pingIntervalMs`; no `PONG` within `requestTimeoutMs`
+   * means the connection is dead even if the socket has not noticed (a
+   * network gone silent): drop it and reconnect.
+   */
+  startLiveness() {
+    clearInterval(this.pingTimer);
+    const ws = this.ws;
+    if (!this.pingIntervalMs) return;
+    this.pingTimer = setInterval(() => {
+      if (this.ws !== ws) {
+        clearInterval(this.pingTimer);
+        return;
+      }
+      this.request({ op: 'ping' }).catch((e) => {
+        if (this.ws === ws && e.code === 'timeout') {
+          ws.onclose = null;
+          ws.onmessage = null;
+          try {
+            ws.close();
+          } catch {
+            // already closed
+          }
+          this.onLost();
+        }
+      });
+    }, this.pingIntervalMs);
+  }
+
   onLost() {
+    clearInterval(this.pingTimer);
     this.ws = null;
     this.server = null;
     this.syncing = false;
@@ -507,6 +547,7 @@ export class Client {
   /** @param {Error} e */
   fatal(e) {
     this.closing = true;
+    clearInterval(this.pingTimer);
     this.failPending(e, true);
     this.settleConnect(e);
     this.setState('closed');

@@ -89,6 +89,11 @@ test('a bad command is a typed error and the session lives on', async () => {
   await assert.rejects(alice.send('not a name', 'x'), (e) => e instanceof SwitchboardError && e.code === 'syntax');
   const who = await alice.who('nobody-here');
   assert.equal(who.online, false);
+  // A name the server refuses: no point retrying.
+  const bad = client({ url: cluster.wsUrl('a'), user: 'two words' });
+  bad.on('error', () => {});
+  await assert.rejects(bad.connect(), (e) => e instanceof SwitchboardError && e.code === 'syntax');
+  assert.equal(bad.state, 'closed');
 });
 
 test('kill -9 of the recipient\'s server: the client reconnects, resumes, nothing lost or doubled', async () => {
