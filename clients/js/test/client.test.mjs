@@ -5,7 +5,44 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 
 import { Client, AuthError, SwitchboardError, Backoff, parseTextPush } from '../switchboard.js';
-import { startCluster, waitFor } from './cluster.mjs';
+import { createServer, connect } from 'node:net';
+
+import { startCluster, waitFor, freePort } from './cluster.mjs';
+
+/**
+ * A TCP proxy to `port` whose open connections can be frozen: bytes stop
+ * flowing both ways without a FIN or RST, as when a network goes silent.
+ * New connections still pass.
+ */
+async function freezableProxy(port) {
+  const listen = await freePort();
+  const pairs = [];
+  const server = createServer((down) => {
+    const up = connect(port, '127.0.0.1');
+    const pair = { down, up, frozen: false };
+    pairs.push(pair);
+    down.on('data', (d) => pair.frozen || up.write(d));
+    up.on('data', (d) => pair.frozen || down.write(d));
+    const end = () => {
+      down.destroy();
+      up.destroy();
+    };
+    down.on('error', end).on('close', () => pair.frozen || end());
+    up.on('error', end).on('close', () => pair.frozen || end());
+  });
+  await new Promise((res) => server.listen(listen, '127.0.0.1', res));
+  return {
+    url: `ws://127.0.0.1:${listen}/ws`,
+    freeze: () => pairs.forEach((p) => (p.frozen = true)),
+    close: () => {
+      server.close();
+      for (const p of pairs) {
+        p.down.destroy();
+        p.up.destroy();
+      }
+    },
+  };
+}
 
 let cluster;
 const clients = [];
@@ -162,6 +199,27 @@ test('a message lost in transit (relay down) shows as a gap and is fetched with 
   assert.deepEqual(bob.received.map((m) => [m.seq, m.text]), [[1, 'one'], [2, 'two'], [3, 'three']]);
   const syncs = RecordingWebSocket.sent.filter((op) => op.op === 'sync');
   assert.ok(syncs.some((op) => op.after === 1), `a SYNC after seq 1 was sent: ${JSON.stringify(syncs)}`);
+});
+
+test('a connection gone silent is found by PING and replaced; nothing is lost', async () => {
+  const proxy = await freezableProxy(cluster.servers.b.ws);
+  try {
+    const [a, b] = [unique('alice'), unique('bob')];
+    const alice = client({ url: cluster.wsUrl('a'), user: a });
+    const bob = client({ url: proxy.url, user: b, pingIntervalMs: 300, requestTimeoutMs: 1500 });
+    await alice.connect();
+    await bob.connect();
+    await alice.send(b, 'one');
+    await waitFor('bob to get one', () => bob.received.length === 1);
+    proxy.freeze();
+    await alice.send(b, 'two');
+    await waitFor('bob to notice the silence and reconnect', () => bob.states.includes('reconnecting'), 10000);
+    await waitFor('bob to be connected again', () => bob.state === 'connected', 10000);
+    await waitFor('bob to get two', () => bob.received.length === 2);
+    assert.deepEqual(bob.received.map((m) => [m.seq, m.text]), [[1, 'one'], [2, 'two']]);
+  } finally {
+    proxy.close();
+  }
 });
 
 test('a full server: the client finds a server with room through GET /servers', async () => {
