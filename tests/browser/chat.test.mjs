@@ -75,6 +75,32 @@ test('alice on server a and bob on server b talk through their pages', { skip },
   await bob.context().close();
 });
 
+test('rooms: joined from the page, a message in a room not open shows as unread', { skip }, async () => {
+  const [a, b, room] = [unique('alice'), unique('bob'), unique('lobby')];
+  const alice = await chatPage(browser, cluster.httpUrl('a'), a);
+  const bob = await chatPage(browser, cluster.httpUrl('b'), b);
+  await connected(alice);
+  await connected(bob);
+  for (const p of [alice, bob]) {
+    await p.getByTestId('join-room').fill(room);
+    await p.getByTestId('join-submit').click();
+    await waitFor('the room listed', async () => (await p.locator(`[data-testid=conversation][data-key="#${room}"]`).count()) === 1);
+  }
+  // Alice looks at another conversation.
+  await sendFrom(alice, b, 'psst');
+  await waitFor('stored', async () => (await messages(alice)).some((m) => m[3] === 'stored'));
+  await sendFrom(bob, `#${room}`, 'hello room');
+  const unread = alice.locator(`[data-testid=conversation][data-key="#${room}"] [data-testid=unread]`);
+  await waitFor('an unread count on the room', async () => (await unread.textContent()) === '1');
+  assert.ok((await messages(alice)).some((m) => m[0] === b && m[2] === 'hello room'));
+  await alice.locator(`[data-testid=conversation][data-key="#${room}"]`).click();
+  assert.equal(await unread.textContent(), '');
+  // Bob's own room message is shown once on his page.
+  assert.equal((await messages(bob)).filter((m) => m[2] === 'hello room').length, 1);
+  await alice.context().close();
+  await bob.context().close();
+});
+
 test('kill -9 of alice\'s server: her page shows reconnecting, then connected, and bob\'s messages appear once, in order', { skip }, async () => {
   const [a, b] = [unique('alice'), unique('bob')];
   const alice = await chatPage(browser, cluster.httpUrl('a'), a);
