@@ -260,7 +260,12 @@ export class Client {
     this.nextCid = 1;
     this.cidPrefix = Math.random().toString(36).slice(2, 8);
     this.ws = null;
+    /** true from `connect()` until `close()` or a fatal refusal: no more retries */
+    this.closing = false;
+    /** a `SYNC` is in flight (gaps seen meanwhile wait for its answer) */
     this.syncing = false;
+    this.syncCid = null;
+    /** highest seq seen, delivered or not: above `lastSeq` means another `SYNC` */
     this.maxSeen = 0;
     this.ackTimer = null;
     this.ackedSeq = 0;
@@ -372,7 +377,7 @@ export class Client {
       }
     }
     if (this.closing) return;
-    this.settleConnect(lastError ?? new ConnectionError('disconnected', 'no server reachable'), true);
+    this.settleConnect(lastError ?? new ConnectionError('disconnected', 'no server reachable'));
     this.scheduleRetry();
   }
 
@@ -555,14 +560,13 @@ export class Client {
   }
 
   /**
+   * Resolves (or, with an error, rejects) the promises of `connect()`.
    * @param {Error|null} err
-   * @param {boolean} [keepTrying]
    */
-  settleConnect(err, keepTrying = false) {
+  settleConnect(err) {
     const waiters = this.connectWaiters;
     this.connectWaiters = [];
     for (const w of waiters) (err ? w.reject(err) : w.resolve());
-    void keepTrying;
   }
 
   /**
@@ -819,13 +823,15 @@ export class Client {
     const op = { op: 'sync', after };
     if (this.epoch) op.epoch = this.epoch;
     this.syncing = true;
+    let r;
     try {
-      const r = await this.request(op);
-      this.onSynced(r);
-      return { last: r.last, epoch: r.epoch };
-    } finally {
+      r = await this.request(op);
+    } catch (e) {
       this.syncing = false;
+      throw e;
     }
+    this.onSynced(r);
+    return { last: r.last, epoch: r.epoch };
   }
 
   /**

@@ -70,11 +70,15 @@ fn asset(content_type: &'static str, body: &'static str) -> Response<Body> {
 /// a plain `host:port` (anything else is not echoed into headers).
 fn own_address(headers: &HeaderMap) -> Option<String> {
     let host = headers.get(header::HOST)?.to_str().ok()?;
-    let plain = !host.is_empty()
-        && host
+    plain_address(host).then(|| host.to_owned())
+}
+
+/// A `host:port` with nothing that could break out of a header value.
+fn plain_address(addr: &str) -> bool {
+    !addr.is_empty()
+        && addr
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'));
-    plain.then(|| host.to_owned())
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
 }
 
 /// The Content-Security-Policy of the page: scripts, styles and images from
@@ -83,10 +87,7 @@ fn own_address(headers: &HeaderMap) -> Option<String> {
 pub fn content_security_policy(own: Option<&str>, others: &[ServerInfo]) -> String {
     let mut connect = String::from("'self'");
     for addr in own.into_iter().chain(others.iter().map(|s| s.ws.as_str())) {
-        if addr
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']'))
-        {
+        if plain_address(addr) {
             for scheme in ["ws", "wss", "http", "https"] {
                 connect.push_str(&format!(" {scheme}://{addr}"));
             }
