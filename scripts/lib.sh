@@ -60,8 +60,9 @@ ensure_chromium() {
         return 0
     fi
     say "chromium is missing: installing it with apt-get (for the browser tests)"
-    if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q ||
-        ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; then
+    # A subshell: as_root exits when it cannot become root, which must not end the caller.
+    if ! (as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium); then
         warn "could not install chromium: the browser tests will be SKIPPED"
     fi
     return 0
