@@ -185,3 +185,21 @@ test('a full server: the page connects through a server with room', { skip }, as
     await full.stop();
   }
 });
+
+test('with tokens: a forged one is refused on the page, a signed one logs in', { skip }, async () => {
+  const secured = await startCluster({ servers: ['a'], tokenSecret: 'a-browser-test-secret-0123456789' });
+  try {
+    const user = unique('tina');
+    const forged = await chatPage(browser, secured.httpUrl('a'), user, 'forged.token.value');
+    await waitFor('the refusal shown', async () => /auth/.test(await forged.locator('#login-error').textContent()));
+    assert.equal(await forged.getByTestId('status').textContent(), 'closed');
+    assert.equal(await forged.locator('#chat').isVisible(), false);
+    await forged.context().close();
+
+    const page = await chatPage(browser, secured.httpUrl('a'), user, secured.token(user));
+    await connected(page);
+    await page.context().close();
+  } finally {
+    await secured.stop();
+  }
+});

@@ -2,7 +2,7 @@
 // the relay and message servers as processes (so a test can kill -9 one and
 // start it again on the same ports). The binaries come from SB_BIN_DIR, or
 // target/debug of this repository (scripts/test builds them first).
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -148,6 +148,13 @@ export async function startCluster(opts = {}) {
       if (!p.alive()) throw new Error(`server ${id} exited:\n${p.output}`);
       return (await fetch(`${cluster.httpUrl(id)}/healthz`)).ok;
     }, READY_MS);
+  };
+  /** A token for `user` signed with the cluster's secret (sb-token). */
+  cluster.token = (user) => {
+    if (!secretFile) throw new Error('this cluster has no token secret');
+    const out = spawnSync(bin('sb-token'), ['--secret-file', secretFile, '--user', user], { encoding: 'utf8' });
+    if (out.status !== 0) throw new Error(`sb-token failed: ${out.stderr}`);
+    return out.stdout.trim();
   };
   /** kill -9 server `id`. */
   cluster.kill = async (id) => cluster.servers[id].proc?.kill('SIGKILL');
