@@ -41,3 +41,40 @@ ensure_cargo() {
     command -v cargo >/dev/null 2>&1 ||
         die "cargo is missing: install the Rust toolchain (https://rustup.rs) and retry"
 }
+
+# True when Debian's Chromium (or SB_CHROMIUM) is there for the browser tests.
+have_chromium() {
+    if [ -n "${SB_CHROMIUM:-}" ]; then
+        [ -x "$SB_CHROMIUM" ]
+    else
+        command -v chromium >/dev/null 2>&1
+    fi
+}
+
+# Installs Chromium with apt-get when it is missing; never fails (the browser
+# tests are skipped, loudly, without it).
+ensure_chromium() {
+    have_chromium && return 0
+    if ! command -v apt-get >/dev/null 2>&1; then
+        warn "chromium is missing and there is no apt-get: the browser tests will be SKIPPED"
+        return 0
+    fi
+    say "chromium is missing: installing it with apt-get (for the browser tests)"
+    # A subshell: as_root exits when it cannot become root, which must not end the caller.
+    if ! (as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q &&
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium); then
+        warn "could not install chromium: the browser tests will be SKIPPED"
+    fi
+    return 0
+}
+
+# Prints the node command line that has a global WebSocket (Node 22+ has one;
+# Node 20.10+ behind --experimental-websocket), or nothing without Node.
+node_with_websocket() {
+    command -v node >/dev/null 2>&1 || return 0
+    if node -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null; then
+        echo node
+    elif node --experimental-websocket -e 'process.exit(typeof WebSocket === "function" ? 0 : 1)' 2>/dev/null; then
+        echo "node --experimental-websocket"
+    fi
+}

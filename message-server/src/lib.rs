@@ -15,7 +15,8 @@
 //! - [`relay_link`]: the links to the relay(s), reconnecting;
 //! - [`auth`]: signed tokens; [`limits`]: rate and per-address limits; [`metrics`]: Prometheus counters;
 //! - [`cli`]: the command-line entry point;
-//! - [`state`]: what every task shares; [`socket`]: socket options.
+//! - [`state`]: what every task shares; [`socket`]: socket options;
+//! - [`web`]: the chat page at `/`, the JS client, `GET /servers` for browsers.
 
 pub mod auth;
 pub mod cli;
@@ -33,6 +34,7 @@ pub mod session;
 pub mod socket;
 pub mod state;
 pub mod store;
+pub mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -8,6 +8,11 @@
 //!   seen_ms_ago`. Registry fields are `null` when unknown (a linked server
 //!   with no entry, or Redis unreachable).
 //! - `GET /metrics`: this relay's [`crate::Metrics`] in OpenMetrics text.
+//! - `GET /purges`: the last purges, newest first: `server epoch sessions
+//!   at_ms time_to_purge_ms cause`.
+//! - `GET /`: the dashboard (static files compiled in, a strict
+//!   Content-Security-Policy), which polls `/servers`, `/metrics` and
+//!   `/purges` every second.
 //!
 //! Anything else is 404 (405 for another method on a known path).
 //! Connections are capped and have a header-read timeout; at shutdown they
@@ -21,7 +26,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HeaderValue, X_CONTENT_TYPE_OPTIONS,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -44,6 +51,13 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 const HEALTH_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 const JSON: &str = "application/json";
+/// The dashboard's files.
+const DASHBOARD_HTML: &str = include_str!("../web/dashboard.html");
+const DASHBOARD_JS: &str = include_str!("../web/dashboard.js");
+const DASHBOARD_CSS: &str = include_str!("../web/dashboard.css");
+/// Its policy: its own script and style, requests to this port only.
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+    connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves admin requests until shutdown.
@@ -99,7 +113,17 @@ pub(crate) async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
 
 async fn respond(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
-    let known = matches!(path, "/healthz" | "/servers" | "/metrics");
+    let known = matches!(
+        path,
+        "/healthz"
+            | "/servers"
+            | "/metrics"
+            | "/purges"
+            | "/"
+            | "/dashboard.js"
+            | "/dashboard.css"
+            | "/favicon.ico"
+    );
     if !known {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }
@@ -109,6 +133,11 @@ async fn respond(ctx: &Ctx, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match path {
         "/healthz" => healthz(ctx).await,
         "/servers" => servers(ctx).await,
+        "/purges" => json(StatusCode::OK, &ctx.purge_log.recent()),
+        "/" => page(DASHBOARD_HTML, "text/html; charset=utf-8"),
+        "/dashboard.js" => page(DASHBOARD_JS, "text/javascript; charset=utf-8"),
+        "/dashboard.css" => page(DASHBOARD_CSS, "text/css; charset=utf-8"),
+        "/favicon.ico" => body(StatusCode::NO_CONTENT, "image/x-icon", String::new()),
         _ => body(StatusCode::OK, OPENMETRICS, ctx.metrics.render()),
     }
 }
@@ -205,6 +234,18 @@ fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
         Ok(s) => body(status, JSON, s),
         Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n"),
     }
+}
+
+fn page(content: &'static str, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut response = body(StatusCode::OK, content_type, content.to_owned());
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DASHBOARD_CSP),
+    );
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
 }
 
 fn text(status: StatusCode, s: &'static str) -> Response<Full<Bytes>> {

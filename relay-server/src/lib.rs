@@ -14,7 +14,9 @@
 //! - `purge`: purging a dead server after its grace period, and the registry
 //!   sweep for servers that died unwatched;
 //! - `registry`: reading the server registry, the Redis connection;
-//! - `admin`: `/healthz`, `/servers`, `/metrics` over HTTP;
+//! - `purge_log`: the last purges, for `/purges` and the dashboard;
+//! - `admin`: the dashboard at `/`, `/healthz`, `/servers`, `/purges`,
+//!   `/metrics` over HTTP;
 //! - `metrics`: the Prometheus registry of one relay ([`Metrics`]).
 //!
 //! Use: [`bind`] the listeners, then [`Bound::run`] until a
@@ -40,6 +42,7 @@ mod health;
 mod link;
 mod metrics;
 mod purge;
+mod purge_log;
 mod registry;
 mod routes;
 
@@ -91,6 +94,8 @@ pub(crate) struct Ctx {
     pub(crate) metrics: Metrics,
     pub(crate) redis: ConnectionManager,
     pub(crate) scripts: purge::Scripts,
+    /// The last purges, for the dashboard.
+    pub(crate) purge_log: purge_log::PurgeLog,
     /// Cancelled when the relay stops.
     pub(crate) shutdown: CancellationToken,
     /// Every task of this relay, to wait for at shutdown.
@@ -209,6 +214,7 @@ impl Bound {
             metrics: self.metrics,
             redis: self.redis,
             scripts: purge::Scripts::new(),
+            purge_log: purge_log::PurgeLog::default(),
             shutdown: shutdown.child_token(),
             tracker: TaskTracker::new(),
             tls: self.tls,

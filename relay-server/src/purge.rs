@@ -96,6 +96,8 @@ async fn after_death(ctx: Arc<Ctx>, server: String, epoch: u64, last_heard: Inst
             Ok(sessions) => {
                 let since = last_heard.elapsed();
                 ctx.metrics.purged(sessions, Some(since));
+                ctx.purge_log
+                    .record(&server, Some(epoch), sessions, Some(since));
                 info!(
                     sessions,
                     since_last_frame_ms = since.as_millis() as u64,
@@ -216,6 +218,7 @@ async fn sweep(ctx: &Ctx) -> RedisResult<()> {
             None => {
                 if let Some(sessions) = purge_gone(ctx, &server).await? {
                     ctx.metrics.purged(sessions, None);
+                    ctx.purge_log.record(&server, None, sessions, None);
                     info!(%server, sessions, "swept a server whose registry entry expired");
                 }
             }
@@ -230,6 +233,7 @@ async fn sweep(ctx: &Ctx) -> RedisResult<()> {
                 }
                 let sessions = purge_epoch(ctx, &server, epoch).await?;
                 ctx.metrics.purged(sessions, None);
+                ctx.purge_log.record(&server, Some(epoch), sessions, None);
                 info!(%server, epoch, seen_ms_ago = age, sessions, "swept a stale server");
             }
             // An entry without epoch or seen was not written by a server;

@@ -104,6 +104,7 @@ fn route(
         "/metrics" => http::metrics(&state),
         "/ws" => upgrade(req, peer, state, tracker, Endpoint::Chat),
         "/echo" if state.echo => upgrade(req, peer, state, tracker, Endpoint::Echo),
+        p if crate::web::serves(p) => crate::web::respond(p, req.headers(), &state),
         _ => http::respond(
             StatusCode::NOT_FOUND,
             "text/plain",
