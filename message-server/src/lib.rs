@@ -228,23 +228,29 @@ impl Bound {
         let (router_tx, router_rx) = mpsc::channel(limits.store_inflight.max(1));
         let tracker = TaskTracker::new();
         let state = Arc::new(State {
-            server_id: config.id.clone(),
-            epoch,
+            identity: state::Identity {
+                server_id: config.id.clone(),
+                epoch,
+                relays: config.relay.len(),
+            },
             limits: limits.clone(),
             login,
+            cap: state::Cap {
+                permits: Arc::new(Semaphore::new(config.max_connections)),
+                max_connections: config.max_connections,
+                per_address: Arc::default(),
+            },
+            http: state::HttpSettings {
+                echo: config.echo,
+                allowed_origins: config.allowed_origins.clone(),
+            },
             hub: Arc::clone(&hub),
             directory: directory.clone(),
             store: store.clone(),
             router: router_tx,
             links: Arc::clone(&links),
-            relays: config.relay.len(),
             metrics: metrics.clone(),
-            permits: Arc::new(Semaphore::new(config.max_connections)),
-            max_connections: config.max_connections,
             ids: Ids::new(epoch),
-            echo: config.echo,
-            per_address: Arc::default(),
-            allowed_origins: config.allowed_origins.clone(),
             shutdown: shutdown.clone(),
         });
 

@@ -103,7 +103,7 @@ fn route(
         "/healthz" => http::health(&state),
         "/metrics" => http::metrics(&state),
         "/ws" => upgrade(req, peer, state, tracker, Endpoint::Chat),
-        "/echo" if state.echo => upgrade(req, peer, state, tracker, Endpoint::Echo),
+        "/echo" if state.http.echo => upgrade(req, peer, state, tracker, Endpoint::Echo),
         _ => http::respond(
             StatusCode::NOT_FOUND,
             "text/plain",
@@ -169,9 +169,10 @@ fn upgrade(
     let accept = derive_accept_key(key.as_bytes());
     let login = handshake_login(&req);
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = state.allowed_origins.is_empty()
+        let allowed = state.http.allowed_origins.is_empty()
             || origin.to_str().is_ok_and(|o| {
                 state
+                    .http
                     .allowed_origins
                     .iter()
                     .any(|a| a.eq_ignore_ascii_case(o))
