@@ -10,7 +10,6 @@
 //! - `routes`: the routing table, server id -> link queue, and room
 //!   interests;
 //! - `link`: one task per link, reading, forwarding, writing in batches;
-//! - `health`: heartbeats and when a link counts as dead;
 //! - `purge`: purging a dead server after its grace period, and the registry
 //!   sweep for servers that died unwatched;
 //! - `registry`: reading the server registry, the Redis connection;
@@ -36,7 +35,6 @@ mod accept;
 mod admin;
 pub mod cli;
 pub mod config;
-mod health;
 mod link;
 mod metrics;
 mod purge;

@@ -17,6 +17,13 @@
 //! every heartbeat interval and answer with [`Frame::Pong`]. [`Frame::Bye`]
 //! says "I am leaving on purpose": the relay then purges nothing more for that
 //! server (the server cleaned up itself).
+//!
+//! Both ends drive the same I/O-free core: [`handshake`] (the relay's
+//! [`handshake::Challenger`], the server's [`handshake::Joiner`]) and
+//! [`liveness`] (heartbeats, silence and stalled writes).
+
+pub mod handshake;
+pub mod liveness;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
