@@ -161,7 +161,8 @@ pub struct Limits {
     #[arg(long, env = "SB_LINK_DEAD_AFTER", default_value = "3s", value_parser = parse_duration)]
     pub link_dead_after: Duration,
 
-    /// Frames queued for the relay link before senders wait.
+    /// Frames queued for the relay link; beyond this a frame is dropped and
+    /// counted (`dropped_link_full`): stored messages arrive by replay.
     #[arg(long, env = "SB_LINK_QUEUE", default_value_t = 8192)]
     pub link_queue: usize,
 
