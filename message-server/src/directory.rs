@@ -8,7 +8,7 @@
 //! invisible.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::AsyncCommands;
@@ -20,14 +20,6 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{Db, DbError, int, text};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Another server as the registry describes it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -153,7 +145,7 @@ impl Directory {
             .arg(tcp)
             .arg(conns)
             .arg(cap)
-            .arg(now_ms())
+            .arg(entry::now_ms())
             .arg(ttl.as_secs().max(1))
             .invoke_async(&mut self.db.conn())
             .await

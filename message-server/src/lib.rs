@@ -44,7 +44,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
-use directory::{Directory, RegistryInfo, now_ms};
+use directory::{Directory, RegistryInfo};
+use entry::now_ms;
 use metrics::Metrics;
 use relay_link::{LinkContext, Links};
 use state::{Ids, Login, State};
@@ -69,9 +70,9 @@ pub enum ServerError {
     /// A secret file could not be used.
     #[error(transparent)]
     Secret(#[from] auth::AuthError),
-    /// The link secret file could not be read.
-    #[error("cannot read link secret file {0}: {1}")]
-    LinkSecret(std::path::PathBuf, std::io::Error),
+    /// The link secret file could not be used.
+    #[error("link secret: {0}")]
+    LinkSecret(#[source] entry::secret::SecretError),
     /// TLS files could not be used.
     #[error(transparent)]
     Tls(#[from] tls_config::TlsError),
@@ -114,9 +115,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         (None, false) => return Err(ServerError::NoAuth),
     };
     let link_secret = match &config.link_secret_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|s| s.trim_end().as_bytes().to_vec())
-            .map_err(|e| ServerError::LinkSecret(path.clone(), e))?,
+        Some(path) => entry::secret::read_secret(path).map_err(ServerError::LinkSecret)?,
         None => Vec::new(),
     };
     let tls = match (&config.tls_cert, &config.tls_key) {

@@ -1,7 +1,8 @@
 //! Accepting links: the accept loop and the handshake.
 //!
 //! The loop only accepts, applies the `--max-links` cap and spawns; a
-//! failing `accept` (out of file descriptors, say) backs off and retries, and
+//! failing `accept` (out of file descriptors, say) backs off and retries
+//! ([`entry::accept::Acceptor`], the one accept step of both binaries), and
 //! nothing a peer sends can reach it. Each connection's task then runs the
 //! handshake under `--handshake-timeout`:
 //!
@@ -38,27 +39,8 @@ const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Accepts connections until shutdown.
 pub(crate) async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
     let slots = Arc::new(Semaphore::new(ctx.config.max_links));
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => {
-                backoff = Duration::from_millis(10);
-                pair
-            }
-            Err(error) => {
-                warn!(%error, ?backoff, "accept failed; retrying");
-                tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let mut acceptor = entry::accept::Acceptor::new(listener, "link");
+    while let Some((stream, peer)) = acceptor.next(&ctx.shutdown).await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             ctx.metrics.refused(RefuseReason::Full);
             warn!(%peer, limit = ctx.config.max_links, "connection refused: relay at --max-links");

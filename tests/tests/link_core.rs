@@ -8,8 +8,8 @@ use futures_util::{SinkExt, StreamExt};
 use shared::codec::{DEFAULT_MAX_FRAME, LinkCodec};
 use shared::link::Frame;
 use shared::link::handshake::Challenger;
-use switchboard_tests::cluster::Server;
-use switchboard_tests::{LineClient, RedisServer, TcpClient, WsClient};
+use switchboard_tests::cluster::{Relay, Server};
+use switchboard_tests::{LineClient, RedisServer, TcpClient, WsClient, eventually};
 use tokio::net::TcpSocket;
 use tokio_util::codec::Framed;
 
@@ -98,4 +98,47 @@ async fn a_relay_that_stops_reading_does_not_stall_local_traffic() {
             .expect("the local recipient gets it within a second");
         assert!(msg.ends_with(&format!(" hello {n}")), "{msg}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_secret_ending_in_a_space_links_a_real_relay_and_server() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let secret = dir.path().join("link-secret");
+    std::fs::write(&secret, "correct horse battery staple \n").expect("write");
+    let relay = Relay::start(relay_server::Config {
+        redis: redis.url(),
+        link_secret_file: Some(secret.clone()),
+        ..relay_server::Config::default()
+    })
+    .await;
+
+    // The same file on both sides: linked (Server::start waits for it).
+    let mut config = message_server::Config::local("a", &redis.url(), Some(relay.link));
+    config.link_secret_file = Some(secret);
+    let a = Server::start(config).await;
+    assert_eq!(a.metrics.links_up.get(), 1);
+
+    // Without the space it is another secret: refused, never linked.
+    let other = dir.path().join("other-secret");
+    std::fs::write(&other, "correct horse battery staple\n").expect("write");
+    let mut config = message_server::Config::local("b", &redis.url(), Some(relay.link));
+    config.link_secret_file = Some(other);
+    let bound = message_server::bind(config).await.expect("binds");
+    let metrics = bound.metrics();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(bound.run(shutdown.clone()));
+    let refused = eventually(Duration::from_secs(10), || async {
+        let (_, page) = relay.get("/metrics").await;
+        page.lines()
+            .any(|l| {
+                l.starts_with("relay_links_refused_total{reason=\"auth\"}") && !l.ends_with(" 0")
+            })
+            .then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "the relay refused the other secret");
+    assert_eq!(metrics.links_up.get(), 0, "b never linked");
+    shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
 }

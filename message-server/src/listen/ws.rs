@@ -54,9 +54,14 @@ pub async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let t = tracker.clone();
-    super::accept_loop(listener, state, tls, tracker, move |io, peer, state| {
-        Box::pin(serve(io, peer, state, t.clone()))
-    })
+    super::accept_loop(
+        listener,
+        "ws",
+        state,
+        tls,
+        tracker,
+        move |io, peer, state| Box::pin(serve(io, peer, state, t.clone())),
+    )
     .await;
 }
 

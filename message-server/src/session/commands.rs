@@ -12,12 +12,13 @@ use shared::link::{BROADCAST_ROOM, DirectMsg, Frame, RoomMsg};
 
 use super::{Flow, Session};
 use crate::conn::{Close, Conn, code};
-use crate::directory::{Directory, now_ms};
+use crate::directory::Directory;
 use crate::hub::{Hub, SessionHandle};
 use crate::relay_link::Links;
 use crate::router::{Job, Origin};
 use crate::state::Login;
 use crate::store::Store;
+use entry::now_ms;
 
 impl Session {
     /// Carries out one request and answers it (or hands it on).
