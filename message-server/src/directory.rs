@@ -113,6 +113,32 @@ impl Directory {
             .map_err(|e| self.db.failed(e))
     }
 
+    /// The servers holding live sessions of each of `users`, in one round
+    /// trip (`TELL` looks up its recipient and sender this way). Reads only:
+    /// a user without sessions gets an empty list and no key is made.
+    pub async fn servers_of(&self, users: &[&str]) -> Result<Vec<Vec<String>>, DbError> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.hvals(keys::user(user));
+        }
+        let locations: Vec<Vec<String>> = pipe
+            .query_async(&mut self.db.conn())
+            .await
+            .map_err(|e| self.db.failed(e))?;
+        Ok(locations
+            .iter()
+            .map(|locs| {
+                let mut servers: Vec<String> = locs
+                    .iter()
+                    .filter_map(|l| shared::ids::parse_location(l).map(|(id, _)| id.to_owned()))
+                    .collect();
+                servers.sort_unstable();
+                servers.dedup();
+                servers
+            })
+            .collect())
+    }
+
     /// Live sessions of `user` across the cluster.
     pub async fn who(&self, user: &str) -> Result<u64, DbError> {
         let n: u64 = self

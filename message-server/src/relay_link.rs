@@ -382,6 +382,13 @@ fn handle_inbound(frame: Frame, ctx: &LinkContext) -> Result<Option<Frame>, Link
             ctx.hub
                 .push_user(&user, &Arc::new(Event::Direct { seq, msg }), except);
         }
+        Frame::Tell {
+            user, except, msg, ..
+        } => {
+            ctx.metrics.frames_from_relay.inc();
+            ctx.hub
+                .push_user(&user, &Arc::new(Event::Tell(msg)), except);
+        }
         Frame::Room { msg } => {
             ctx.metrics.frames_from_relay.inc();
             let room = msg.room.clone();

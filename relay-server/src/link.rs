@@ -3,7 +3,7 @@
 //! After the handshake ([`crate::accept`]) the task registers the server in
 //! the routing table and runs one `select!` over:
 //!
-//! - frames from the server: `Deliver` and `Room` are forwarded, `Interest`
+//! - frames from the server: `Deliver`, `Tell` and `Room` are forwarded, `Interest`
 //!   updates the table, `Ping` is answered, `Bye` ends the link;
 //! - the link's bounded outbound queue, written by a pump that feeds every
 //!   frame available and then flushes once (batching), and that runs beside
@@ -319,7 +319,7 @@ impl Input<'_> {
         match &frame {
             Frame::Ping(n) => push_control(self.control, Frame::Pong(*n)),
             Frame::Pong(_) => {}
-            Frame::Deliver { to_server, .. } => {
+            Frame::Deliver { to_server, .. } | Frame::Tell { to_server, .. } => {
                 let to = to_server.clone();
                 let outcome = self.ctx.routes.forward(&to, frame);
                 self.count(outcome, &to);

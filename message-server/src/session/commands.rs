@@ -4,7 +4,11 @@
 //! session's rooms), not the whole server state.
 //!
 //! `SEND`, `PUB` and `ALL` are handed to the router ([`crate::router`]) and
-//! answered from there once stored; the others are answered here.
+//! answered from there once stored; the others are answered here. `TELL`
+//! and `SAY` are transient (at most once): pushed straight to the sessions
+//! here and through the relay, never stored, and answered only with `ERR`.
+
+use std::sync::Arc;
 
 use shared::client::{ClientError, Command, Encoding, ErrCode, Event, Reply, Request};
 use shared::ids::SessionId;
@@ -51,6 +55,30 @@ impl Session {
                 return self
                     .submit(conn, enc, cid, |origin| Job::Send { msg, origin })
                     .await;
+            }
+            Command::Tell { to, text } => {
+                let msg = self.direct_msg(to, text);
+                let fanout = Fanout {
+                    hub: &self.state.hub,
+                    links: &self.state.links,
+                    server_id: &self.state.identity.server_id,
+                    me: self.handle.id,
+                };
+                return match tell(fanout, &self.state.directory, msg).await {
+                    Ok(()) => Flow::Continue,
+                    Err(err) => self.answer(conn, enc, cid, err).await,
+                };
+            }
+            Command::Say { room, text } => {
+                let msg = self.room_msg(room, text);
+                let fanout = Fanout {
+                    hub: &self.state.hub,
+                    links: &self.state.links,
+                    server_id: &self.state.identity.server_id,
+                    me: self.handle.id,
+                };
+                say(fanout, msg);
+                return Flow::Continue;
             }
             Command::Pub { room, text } => {
                 let msg = self.room_msg(room, text);
@@ -213,6 +241,66 @@ fn authenticate(login: &Login, user: &str, token: Option<String>) -> Result<bool
             Ok(claims.admin)
         }
     }
+}
+
+/// Where a transient message goes: this server's sessions and the relays.
+struct Fanout<'a> {
+    hub: &'a Hub,
+    links: &'a Links,
+    server_id: &'a str,
+    /// The sending session, which never gets its own message.
+    me: SessionId,
+}
+
+/// `TELL`: every session of the recipient and every other session of the
+/// sender, here and on other servers (found with one Redis read, skipped
+/// when no relay link is up), at most once. Nothing is stored; a recipient
+/// that is offline simply gets nothing.
+async fn tell(out: Fanout<'_>, directory: &Directory, msg: DirectMsg) -> Result<(), Reply> {
+    let note_to_self = msg.from == msg.to;
+    let to_except = note_to_self.then_some(out.me);
+    let event = Arc::new(Event::Tell(msg.clone()));
+    out.hub.push_user(&msg.to, &event, to_except);
+    if !note_to_self {
+        out.hub.push_user(&msg.from, &event, Some(out.me));
+    }
+    if out.links.up() == 0 {
+        return Ok(());
+    }
+    let servers = match directory.servers_of(&[&msg.to, &msg.from]).await {
+        Ok(servers) => servers,
+        Err(e) => {
+            tracing::warn!(session = %out.me, to = %msg.to, error = %e, "tell: sessions not looked up");
+            return Err(ClientError::new(
+                ErrCode::Unavailable,
+                "tell reached this server's sessions only: the directory is unavailable",
+            )
+            .into());
+        }
+    };
+    let mut targets = vec![(&msg.to, to_except)];
+    if !note_to_self {
+        targets.push((&msg.from, Some(out.me)));
+    }
+    for ((user, except), servers) in targets.into_iter().zip(&servers) {
+        for server in servers.iter().filter(|s| *s != out.server_id) {
+            out.links.send(Frame::Tell {
+                to_server: server.clone(),
+                user: user.clone(),
+                except,
+                msg: msg.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `SAY`: the room's members here and, through the relay, elsewhere; not
+/// in the room's history.
+fn say(out: Fanout<'_>, msg: RoomMsg) {
+    let event = Arc::new(Event::Room(msg.clone()));
+    out.hub.push_room(&msg.room, &event, Some(out.me));
+    out.links.send(Frame::Room { msg });
 }
 
 /// `JOIN`: the first local member of a room tells the relays.
