@@ -52,3 +52,46 @@ async fn the_load_tool_accounts_for_every_message() {
         assert_eq!(r.latency.count, 400, "{name}: one latency per message");
     }
 }
+
+/// TELL under the same kind of load (the load tool counts on `OK SENT`,
+/// which a TELL never gets, so this drives real clients directly): a few
+/// hundred transient messages from users on one server to users on the
+/// other; with nothing failing, every one arrives, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_tell_is_accounted_for_when_nothing_fails() {
+    use switchboard_tests::{LineClient, TcpClient, WsClient};
+
+    const PAIRS: usize = 4;
+    const TELLS: usize = 100;
+    let c = Cluster::start(2).await;
+    let mut receivers = Vec::new();
+    let mut senders = Vec::new();
+    for p in 0..PAIRS {
+        receivers.push(TcpClient::login(c.server("b").tcp, &format!("rcv{p}")).await);
+        senders.push(WsClient::login(c.server("a").ws, &format!("snd{p}")).await);
+    }
+    for n in 0..TELLS {
+        for (p, s) in senders.iter_mut().enumerate() {
+            s.send(&format!("TELL rcv{p} tick {n}")).await;
+        }
+    }
+    // No answer on success: each sender's next line is its PONG.
+    for s in &mut senders {
+        s.send("PING").await;
+        assert_eq!(s.recv().await, "PONG", "a TELL was answered or refused");
+    }
+    for (p, r) in receivers.iter_mut().enumerate() {
+        for n in 0..TELLS {
+            let line = r.expect_prefix("MSG ").await;
+            let prefix = format!("MSG - snd{p} rcv{p} ");
+            assert!(line.starts_with(&prefix), "{line}");
+            assert!(
+                line.ends_with(&format!(" tick {n}")),
+                "tell {n} of snd{p} out of order or lost: {line}"
+            );
+        }
+        // And nothing more (no duplicates).
+        r.send("PING").await;
+        assert_eq!(r.recv().await, "PONG", "rcv{p} got more than {TELLS}");
+    }
+}
