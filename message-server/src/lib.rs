@@ -6,13 +6,15 @@
 //! - [`config`]: flags, environment variables, limits;
 //! - [`listen`]: the WebSocket/HTTP port and the telnet port, the cap;
 //! - [`conn`]: one client connection as text in / text out, close codes;
-//! - [`session`]: one task per connection, commands and pushes;
+//! - [`session`]: one task per connection (its lifecycle), with its
+//!   [`session::replay`] (login replay, `SYNC`) and commands;
 //! - [`hub`]: local sessions by user and room, bounded pushes;
 //! - [`router`]: the ordered store-then-route pipeline;
 //! - [`store`]: inboxes, sequence numbers, cursors, room history (Redis);
 //! - [`directory`]: sessions and the server registry in Redis;
 //! - [`db`]: the shared Redis connection and scripts;
-//! - [`relay_link`]: the links to the relay(s), reconnecting;
+//! - [`relay_link`]: the links to the relay(s), reconnecting, reading and
+//!   writing side by side; it never makes a sender wait;
 //! - [`auth`]: signed tokens; [`limits`]: rate and per-address limits; [`metrics`]: Prometheus counters;
 //! - [`cli`]: the command-line entry point;
 //! - [`state`]: what every task shares; [`socket`]: socket options.

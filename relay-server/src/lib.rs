@@ -6,10 +6,12 @@
 //!
 //! - [`config`]: flags and their defaults ([`Config`]);
 //! - `accept`: the accept loop and the link handshake (challenge, `Hello`,
-//!   secret check, `Welcome` or `Refused`);
+//!   secret check, `Welcome` or `Refused`), moving the frames of the shared
+//!   handshake core ([`shared::link::handshake`]);
 //! - `routes`: the routing table, server id -> link queue, and room
 //!   interests;
-//! - `link`: one task per link, reading, forwarding, writing in batches;
+//! - `link`: one task per link, reading, forwarding, writing in batches,
+//!   its health judged by the shared [`shared::link::liveness`];
 //! - `purge`: purging a dead server after its grace period, and the registry
 //!   sweep for servers that died unwatched;
 //! - `registry`: reading the server registry, the Redis connection;

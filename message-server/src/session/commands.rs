@@ -58,26 +58,14 @@ impl Session {
             }
             Command::Tell { to, text } => {
                 let msg = self.direct_msg(to, text);
-                let fanout = Fanout {
-                    hub: &self.state.hub,
-                    links: &self.state.links,
-                    server_id: &self.state.identity.server_id,
-                    me: self.handle.id,
-                };
-                return match tell(fanout, &self.state.directory, msg).await {
+                return match tell(self.fanout(), &self.state.directory, msg).await {
                     Ok(()) => Flow::Continue,
                     Err(err) => self.answer(conn, enc, cid, err).await,
                 };
             }
             Command::Say { room, text } => {
                 let msg = self.room_msg(room, text);
-                let fanout = Fanout {
-                    hub: &self.state.hub,
-                    links: &self.state.links,
-                    server_id: &self.state.identity.server_id,
-                    me: self.handle.id,
-                };
-                say(fanout, msg);
+                say(self.fanout(), msg);
                 return Flow::Continue;
             }
             Command::Pub { room, text } => {
@@ -201,6 +189,16 @@ impl Session {
             return self.answer(conn, enc, cid, err.into()).await;
         }
         Flow::Continue
+    }
+
+    /// Where this session's transient messages go.
+    fn fanout(&self) -> Fanout<'_> {
+        Fanout {
+            hub: &self.state.hub,
+            links: &self.state.links,
+            server_id: &self.state.identity.server_id,
+            me: self.handle.id,
+        }
     }
 
     fn direct_msg(&self, to: String, text: String) -> DirectMsg {

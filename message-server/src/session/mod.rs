@@ -2,7 +2,7 @@
 //! write answers and pushes, keep alive, and clean up once at the end.
 //!
 //! This module is the lifecycle only; what each command does is in
-//! [`commands`], and the inbox replay (login and `SYNC`) in [`replay`].
+//! `commands`, and the inbox replay (login and `SYNC`) in [`replay`].
 //!
 //! The loop `select!`s over shutdown, a slow-consumer kick, the outbound
 //! queue (fed in a batch, flushed once), the next input, the keep-alive ping

@@ -2,7 +2,7 @@
 //! acknowledged) and on `SYNC <after> [<epoch>]`.
 //!
 //! What to send is decided by [`plan`], a pure function of the device's
-//! cursor and what the inbox holds; [`Session::replay`] only reads pages and
+//! cursor and what the inbox holds; `Session::replay` only reads pages and
 //! writes lines. A client never sees a silent gap: an inbox that was reset
 //! (flushed, lost: its epoch changed, or it is behind the cursor) is
 //! announced and replayed from its start, and messages trimmed by the inbox
