@@ -406,3 +406,33 @@ fn handle_inbound(frame: Frame, ctx: &LinkContext) -> Result<Option<Frame>, Link
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_link_queue_drops_and_counts_instead_of_waiting() {
+        let metrics = Metrics::default();
+        let links = Links::new(2, metrics.clone());
+        assert!(!links.send(Frame::Ping(0)), "no link up");
+        assert_eq!(metrics.dropped_no_link.get(), 1);
+
+        let (tx, mut rx) = mpsc::channel(1);
+        links.slots[0].store(Some(Arc::new(tx)));
+        assert!(links.send(Frame::Ping(1)));
+        // Full: dropped at once, not queued on the second (ordered) link.
+        assert!(!links.send(Frame::Ping(2)));
+        assert_eq!(metrics.dropped_link_full.get(), 1);
+        assert_eq!(rx.try_recv().ok(), Some(Frame::Ping(1)));
+        assert!(rx.try_recv().is_err());
+
+        // A link that died hands the frame to the next live one.
+        drop(rx);
+        let (tx2, mut rx2) = mpsc::channel(1);
+        links.slots[1].store(Some(Arc::new(tx2)));
+        assert!(links.send(Frame::Ping(3)));
+        assert_eq!(rx2.try_recv().ok(), Some(Frame::Ping(3)));
+        assert_eq!(metrics.frames_to_relay.get(), 2);
+    }
+}
