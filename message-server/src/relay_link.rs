@@ -264,10 +264,17 @@ async fn linked<S: AsyncRead + AsyncWrite + Unpin>(
     let (control_tx, mut control) = mpsc::channel(CONTROL_CAP);
     // The relay keeps no state across links: tell it our rooms again, ahead
     // of anything queued once the slot is visible.
-    for room in ctx.hub.rooms() {
-        framed.feed(Frame::Interest { room, on: true }).await?;
-    }
-    SinkExt::<Frame>::flush(&mut framed).await?;
+    // A relay that takes none of it within `dead_after` is as dead as one
+    // that stops reading later.
+    let interests = async {
+        for room in ctx.hub.rooms() {
+            framed.feed(Frame::Interest { room, on: true }).await?;
+        }
+        SinkExt::<Frame>::flush(&mut framed).await
+    };
+    tokio::time::timeout(ctx.dead_after, interests)
+        .await
+        .map_err(|_| LinkEnd::Stalled(ctx.dead_after))??;
     if let Some(s) = ctx.links.slots.get(slot) {
         s.store(Some(Arc::new(tx)));
         ctx.metrics.links_up.inc();
