@@ -77,6 +77,10 @@ async fn a_relay_that_stops_reading_does_not_stall_local_traffic() {
         filled,
         "the link queue never filled: the test relay is being read"
     );
+    eprintln!(
+        "link queue full after {published} room messages of 60 kB",
+        published = server.metrics.frames_to_relay.get()
+    );
     assert_eq!(server.metrics.links_up.get(), 1, "the link is still up");
 
     // Other sessions are served as if nothing happened.
@@ -88,11 +92,13 @@ async fn a_relay_that_stops_reading_does_not_stall_local_traffic() {
         .await
         .expect("alice logs in within a second");
     for n in 1..=3 {
+        let asked = std::time::Instant::now();
         alice.send(&format!("SEND bob hello {n}")).await;
         let sent = tokio::time::timeout(within, alice.expect_prefix("OK SENT "))
             .await
             .expect("OK SENT within a second while the relay does not read");
         assert!(sent.starts_with("OK SENT "), "{sent}");
+        eprintln!("OK SENT after {:?} with the link stuck", asked.elapsed());
         let msg = tokio::time::timeout(within, bob.expect_prefix("MSG "))
             .await
             .expect("the local recipient gets it within a second");
