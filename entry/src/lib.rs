@@ -2,6 +2,17 @@
 //! logging (`RUST_LOG`, default `info`), start the runtime, turn SIGTERM or
 //! Ctrl-C into one cancelled [`CancellationToken`], run, and turn the result
 //! into an exit code, printing an error with its causes.
+//!
+//! Beside it, the runtime pieces both binaries need exactly one of:
+//! - [`secret`]: the secret-file reader (one rule for every secret file);
+//! - [`accept`]: the accept loop step with backoff that shutdown interrupts;
+//! - [`clock`]: `now_ms`, the wall clock.
+
+pub mod accept;
+pub mod clock;
+pub mod secret;
+
+pub use clock::now_ms;
 
 use std::future::Future;
 use std::process::ExitCode;

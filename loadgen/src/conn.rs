@@ -292,7 +292,7 @@ async fn login(system: System, conn: &mut Conn, user: &str) -> Result<(), Connec
     let closed = || ConnectError::Closed {
         user: user.to_owned(),
     };
-    if system == System::Switchboard {
+    if system.is_switchboard() {
         conn.send(proto::login_frame(user))
             .await
             .map_err(|_| closed())?;

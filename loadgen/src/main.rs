@@ -144,7 +144,7 @@ struct TargetArgs {
 
 impl TargetArgs {
     fn target(&self) -> anyhow::Result<Target> {
-        if self.transport == Transport::Tcp && self.system != System::Switchboard {
+        if self.transport == Transport::Tcp && !self.system.is_switchboard() {
             bail!("--transport tcp is for Switchboard's telnet port only");
         }
         let sources: Vec<IpAddr> = target::loopback_sources(self.sources);

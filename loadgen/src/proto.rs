@@ -26,6 +26,9 @@ use serde::{Deserialize, Serialize};
 pub enum System {
     /// Switchboard message servers (JSON client protocol).
     Switchboard,
+    /// Switchboard with transient `tell`s instead of stored sends: nothing
+    /// is acknowledged or replayable, so a missing message is lost.
+    SwitchboardTell,
     /// The Socket.IO peer (`bench/server.js`).
     Socketio,
 }
@@ -35,6 +38,7 @@ impl System {
     pub fn label(self) -> &'static str {
         match self {
             System::Switchboard => "Switchboard",
+            System::SwitchboardTell => "Switchboard TELL",
             System::Socketio => "Socket.IO",
         }
     }
@@ -45,10 +49,15 @@ impl System {
         matches!(self, System::Switchboard)
     }
 
+    /// Whether it speaks the Switchboard client protocol.
+    pub fn is_switchboard(self) -> bool {
+        matches!(self, System::Switchboard | System::SwitchboardTell)
+    }
+
     /// The request path of the WebSocket handshake for `user`.
     pub fn path(self, user: &str) -> String {
         match self {
-            System::Switchboard => "/ws".to_owned(),
+            System::Switchboard | System::SwitchboardTell => "/ws".to_owned(),
             System::Socketio => format!("/socket.io/?EIO=4&transport=websocket&user={user}"),
         }
     }
@@ -60,6 +69,11 @@ impl System {
             System::Switchboard => write!(
                 out,
                 r#"{{"op":"send","to":"{to}","text":"{text}","cid":"c{n}"}}"#
+            ),
+            // The cid only labels a refusal (`ERR`): a tell is never stored.
+            System::SwitchboardTell => write!(
+                out,
+                r#"{{"op":"tell","to":"{to}","text":"{text}","cid":"c{n}"}}"#
             ),
             System::Socketio => write!(out, r#"42["dm",{{"to":"{to}","text":"{text}"}}]"#),
         };
@@ -189,7 +203,7 @@ fn cid_counter(cid: Option<&str>) -> Option<u64> {
 /// Reads one text frame of `system`.
 pub fn parse(system: System, frame: &str) -> Incoming<'_> {
     match system {
-        System::Switchboard => parse_switchboard(frame),
+        System::Switchboard | System::SwitchboardTell => parse_switchboard(frame),
         System::Socketio => parse_socketio(frame),
     }
 }

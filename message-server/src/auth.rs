@@ -89,19 +89,8 @@ pub enum AuthError {
     #[error("cannot mint token: {0}")]
     Mint(String),
     /// The secret file cannot be read.
-    #[error("cannot read token secret file {path}: {cause}")]
-    SecretFile {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        cause: std::io::Error,
-    },
-    /// The secret file is empty (or only whitespace).
-    #[error("token secret file {path} is empty")]
-    SecretEmpty {
-        /// The file.
-        path: PathBuf,
-    },
+    #[error("token secret: {0}")]
+    SecretFile(#[source] entry::secret::SecretError),
     /// The secret is shorter than [`MIN_SECRET_LEN`].
     #[error(
         "token secret in {path} is {len} bytes, at least {MIN_SECRET_LEN} are needed \
@@ -119,20 +108,7 @@ pub enum AuthError {
 /// editor or `echo` adds) trimmed. Refuses an empty or short secret so a
 /// misconfigured server fails at start-up, not at the first login.
 pub fn load_secret(path: &Path) -> Result<Vec<u8>, AuthError> {
-    let mut secret = std::fs::read(path).map_err(|cause| AuthError::SecretFile {
-        path: path.to_owned(),
-        cause,
-    })?;
-    let len = secret
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    secret.truncate(len);
-    if secret.is_empty() {
-        return Err(AuthError::SecretEmpty {
-            path: path.to_owned(),
-        });
-    }
+    let secret = entry::secret::read_secret(path).map_err(AuthError::SecretFile)?;
     if secret.len() < MIN_SECRET_LEN {
         return Err(AuthError::SecretTooShort {
             path: path.to_owned(),
@@ -602,25 +578,20 @@ mod tests {
     }
 
     #[test]
-    fn load_secret_trims_and_checks_length() {
+    fn load_secret_uses_the_one_rule_and_checks_length() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
 
-        std::fs::write(&path, "0123456789abcdef0123\n\n  \t").unwrap();
-        assert_eq!(load_secret(&path).unwrap(), b"0123456789abcdef0123");
-        // Leading whitespace is part of the secret: only the end is trimmed.
+        // One trailing newline goes; any other whitespace is the secret's.
+        std::fs::write(&path, "0123456789abcdef0123 \n").unwrap();
+        assert_eq!(load_secret(&path).unwrap(), b"0123456789abcdef0123 ");
         std::fs::write(&path, " 0123456789abcdef\n").unwrap();
         assert_eq!(load_secret(&path).unwrap(), b" 0123456789abcdef");
 
-        std::fs::write(&path, "").unwrap();
+        std::fs::write(&path, "\n").unwrap();
         assert!(matches!(
             load_secret(&path),
-            Err(AuthError::SecretEmpty { .. })
-        ));
-        std::fs::write(&path, " \n\n").unwrap();
-        assert!(matches!(
-            load_secret(&path),
-            Err(AuthError::SecretEmpty { .. })
+            Err(AuthError::SecretFile(entry::secret::SecretError::Empty(_)))
         ));
         std::fs::write(&path, "short\n").unwrap();
         let err = load_secret(&path).unwrap_err();
@@ -632,7 +603,7 @@ mod tests {
 
         let missing = dir.path().join("missing");
         let err = load_secret(&missing).unwrap_err();
-        assert!(matches!(err, AuthError::SecretFile { .. }), "{err:?}");
+        assert!(matches!(err, AuthError::SecretFile(_)), "{err:?}");
         assert!(err.to_string().contains("missing"), "{err}");
     }
 

@@ -40,7 +40,8 @@ pub struct Config {
     #[arg(long, env = "SB_MAX_CONNECTIONS", default_value_t = 500)]
     pub max_connections: usize,
 
-    /// File holding the HMAC secret that signs client tokens.
+    /// File holding the HMAC secret that signs client tokens (one trailing
+    /// newline is ignored; every other byte counts; at least 16 bytes).
     #[arg(long, env = "SB_TOKEN_SECRET_FILE")]
     pub token_secret_file: Option<PathBuf>,
 
@@ -48,7 +49,8 @@ pub struct Config {
     #[arg(long, env = "SB_INSECURE_LOGIN")]
     pub insecure_login: bool,
 
-    /// File holding the shared secret that authenticates the relay link.
+    /// File holding the shared secret that authenticates the relay link (one
+    /// trailing newline is ignored; every other byte counts; not empty).
     #[arg(long, env = "SB_LINK_SECRET_FILE")]
     pub link_secret_file: Option<PathBuf>,
 
@@ -161,7 +163,8 @@ pub struct Limits {
     #[arg(long, env = "SB_LINK_DEAD_AFTER", default_value = "3s", value_parser = parse_duration)]
     pub link_dead_after: Duration,
 
-    /// Frames queued for the relay link before senders wait.
+    /// Frames queued for the relay link; beyond this a frame is dropped and
+    /// counted (`dropped_link_full`): stored messages arrive by replay.
     #[arg(long, env = "SB_LINK_QUEUE", default_value_t = 8192)]
     pub link_queue: usize,
 

@@ -2,7 +2,9 @@
 //! scripts it runs.
 //!
 //! One multiplexed connection ([`ConnectionManager`]) carries every command:
-//! many requests in flight share each fsync (see notes/performance.md), and
+//! many requests in flight share each fsync (with `appendfsync always`,
+//! Redis writes and syncs its append-only file once per event-loop turn,
+//! so commands that arrive together cost one fsync between them), and
 //! the manager reconnects by itself when Redis goes away. A command that
 //! fails while Redis is away fails fast; the caller decides to retry or to
 //! answer `ERR unavailable`.
@@ -11,6 +13,7 @@ use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, Value};
+use shared::backoff::Backoff;
 use shared::keys;
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +92,7 @@ impl Db {
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         loop {
             match ConnectionManager::new_with_config(client.clone(), config.clone()).await {
                 Ok(mut conn) => {
@@ -108,12 +111,12 @@ impl Db {
                     });
                 }
                 Err(e) => {
+                    let delay = backoff.next_delay(rand::random());
                     tracing::warn!(error = %e, retry_in = ?delay, "redis not reachable yet");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Err(DbError::Shutdown),
                         _ = tokio::time::sleep(delay) => {}
                     }
-                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
         }

@@ -8,7 +8,7 @@
 //! invisible.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use redis::AsyncCommands;
@@ -20,14 +20,6 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{Db, DbError, int, text};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-
-/// Unix time in milliseconds.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// Another server as the registry describes it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -121,6 +113,32 @@ impl Directory {
             .map_err(|e| self.db.failed(e))
     }
 
+    /// The servers holding live sessions of each of `users`, in one round
+    /// trip (`TELL` looks up its recipient and sender this way). Reads only:
+    /// a user without sessions gets an empty list and no key is made.
+    pub async fn servers_of(&self, users: &[&str]) -> Result<Vec<Vec<String>>, DbError> {
+        let mut pipe = redis::pipe();
+        for user in users {
+            pipe.hvals(keys::user(user));
+        }
+        let locations: Vec<Vec<String>> = pipe
+            .query_async(&mut self.db.conn())
+            .await
+            .map_err(|e| self.db.failed(e))?;
+        Ok(locations
+            .iter()
+            .map(|locs| {
+                let mut servers: Vec<String> = locs
+                    .iter()
+                    .filter_map(|l| shared::ids::parse_location(l).map(|(id, _)| id.to_owned()))
+                    .collect();
+                servers.sort_unstable();
+                servers.dedup();
+                servers
+            })
+            .collect())
+    }
+
     /// Live sessions of `user` across the cluster.
     pub async fn who(&self, user: &str) -> Result<u64, DbError> {
         let n: u64 = self
@@ -153,7 +171,7 @@ impl Directory {
             .arg(tcp)
             .arg(conns)
             .arg(cap)
-            .arg(now_ms())
+            .arg(entry::now_ms())
             .arg(ttl.as_secs().max(1))
             .invoke_async(&mut self.db.conn())
             .await

@@ -6,13 +6,15 @@
 //! - [`config`]: flags, environment variables, limits;
 //! - [`listen`]: the WebSocket/HTTP port and the telnet port, the cap;
 //! - [`conn`]: one client connection as text in / text out, close codes;
-//! - [`session`]: one task per connection, commands and pushes;
+//! - [`session`]: one task per connection (its lifecycle), with its
+//!   [`session::replay`] (login replay, `SYNC`) and commands;
 //! - [`hub`]: local sessions by user and room, bounded pushes;
 //! - [`router`]: the ordered store-then-route pipeline;
 //! - [`store`]: inboxes, sequence numbers, cursors, room history (Redis);
 //! - [`directory`]: sessions and the server registry in Redis;
 //! - [`db`]: the shared Redis connection and scripts;
-//! - [`relay_link`]: the links to the relay(s), reconnecting;
+//! - [`relay_link`]: the links to the relay(s), reconnecting, reading and
+//!   writing side by side; it never makes a sender wait;
 //! - [`auth`]: signed tokens; [`limits`]: rate and per-address limits; [`metrics`]: Prometheus counters;
 //! - [`cli`]: the command-line entry point;
 //! - [`state`]: what every task shares; [`socket`]: socket options;
@@ -46,7 +48,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::Config;
-use directory::{Directory, RegistryInfo, now_ms};
+use directory::{Directory, RegistryInfo};
+use entry::now_ms;
 use metrics::Metrics;
 use relay_link::{LinkContext, Links};
 use state::{Ids, Login, State};
@@ -71,9 +74,9 @@ pub enum ServerError {
     /// A secret file could not be used.
     #[error(transparent)]
     Secret(#[from] auth::AuthError),
-    /// The link secret file could not be read.
-    #[error("cannot read link secret file {0}: {1}")]
-    LinkSecret(std::path::PathBuf, std::io::Error),
+    /// The link secret file could not be used.
+    #[error("link secret: {0}")]
+    LinkSecret(#[source] entry::secret::SecretError),
     /// TLS files could not be used.
     #[error(transparent)]
     Tls(#[from] tls_config::TlsError),
@@ -116,9 +119,7 @@ pub async fn bind(config: Config) -> Result<Bound, ServerError> {
         (None, false) => return Err(ServerError::NoAuth),
     };
     let link_secret = match &config.link_secret_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|s| s.trim_end().as_bytes().to_vec())
-            .map_err(|e| ServerError::LinkSecret(path.clone(), e))?,
+        Some(path) => entry::secret::read_secret(path).map_err(ServerError::LinkSecret)?,
         None => Vec::new(),
     };
     let tls = match (&config.tls_cert, &config.tls_key) {
@@ -230,23 +231,29 @@ impl Bound {
         let (router_tx, router_rx) = mpsc::channel(limits.store_inflight.max(1));
         let tracker = TaskTracker::new();
         let state = Arc::new(State {
-            server_id: config.id.clone(),
-            epoch,
+            identity: state::Identity {
+                server_id: config.id.clone(),
+                epoch,
+                relays: config.relay.len(),
+            },
             limits: limits.clone(),
             login,
+            cap: state::Cap {
+                permits: Arc::new(Semaphore::new(config.max_connections)),
+                max_connections: config.max_connections,
+                per_address: Arc::default(),
+            },
+            http: state::HttpSettings {
+                echo: config.echo,
+                allowed_origins: config.allowed_origins.clone(),
+            },
             hub: Arc::clone(&hub),
             directory: directory.clone(),
             store: store.clone(),
             router: router_tx,
             links: Arc::clone(&links),
-            relays: config.relay.len(),
             metrics: metrics.clone(),
-            permits: Arc::new(Semaphore::new(config.max_connections)),
-            max_connections: config.max_connections,
             ids: Ids::new(epoch),
-            echo: config.echo,
-            per_address: Arc::default(),
-            allowed_origins: config.allowed_origins.clone(),
             shutdown: shutdown.clone(),
         });
 

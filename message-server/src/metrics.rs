@@ -27,6 +27,9 @@ pub struct Metrics {
     pub frames_from_relay: Counter,
     /// Frames not sent because no relay link was up (the inbox still has them).
     pub dropped_no_link: Counter,
+    /// Frames not sent because the live link's queue was full (a relay slow
+    /// to read); stored messages reach their recipients by replay.
+    pub dropped_link_full: Counter,
     /// Sessions closed because they did not read their pushes.
     pub slow_consumers: Counter,
     /// Redis commands that failed.
@@ -82,6 +85,11 @@ impl Metrics {
             "dropped_no_link",
             "Frames not sent: no relay link up",
             self.dropped_no_link.clone(),
+        );
+        r.register(
+            "dropped_link_full",
+            "Frames not sent: the relay link's queue was full",
+            self.dropped_link_full.clone(),
         );
         r.register(
             "slow_consumers",

@@ -1,26 +1,33 @@
 //! The links from this server to the relay(s).
 //!
-//! One task per relay address keeps one link up: connect, answer the
-//! challenge, then one `select!` over frames from the relay, frames queued
-//! for it (fed in batches, flushed once), the heartbeat and shutdown. When
-//! the link dies it reconnects with exponential backoff and jitter; while no
-//! link is up the server keeps serving local traffic and reports
-//! `degraded`.
+//! One task per relay address keeps one link up: connect, run the shared
+//! handshake core ([`shared::link::handshake::Joiner`]), then read and write
+//! side by side, as the relay does: a writer drains the link's queue (fed in
+//! batches, flushed once) while the reader handles frames from the relay,
+//! so a relay that is slow to read never stops this server reading it. The
+//! shared [`Liveness`] ends a link that is silent, or that takes nothing we
+//! write, for `dead_after`. A dead link reconnects with
+//! [`shared::backoff::Backoff`]; while no link is up the server keeps serving
+//! local traffic and reports `degraded`.
 //!
 //! [`Links`] is what the rest of the server sends through: it picks the
-//! first live link (sticky, so frames keep their order) and knows how many
-//! are up.
+//! first live link (sticky, so frames keep their order) and never waits. A
+//! frame that finds that link's queue full is dropped and counted
+//! (`dropped_link_full`): direct messages are stored before they are routed,
+//! so their recipients get them by replay (login, or `SYNC` on the next seq
+//! gap); room messages are at most once anyway.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use futures_util::{SinkExt, StreamExt};
-use rand::Rng;
+use futures_util::{Sink, SinkExt, StreamExt};
+use shared::backoff::Backoff;
 use shared::client::Event;
-use shared::codec::LinkCodec;
-use shared::link::{BROADCAST_ROOM, Frame, LINK_VERSION, ServerAddrs, auth_tag};
+use shared::codec::{LinkCodec, LinkCodecError};
+use shared::link::handshake::{JoinError, Joiner, Step};
+use shared::link::liveness::{Death, Liveness};
+use shared::link::{BROADCAST_ROOM, Frame, ServerAddrs};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -31,6 +38,16 @@ use tracing::Instrument;
 
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+
+/// Frames fed per write before one flush.
+const MAX_BATCH: usize = 1024;
+
+/// Pings and pongs waiting to be written; beyond this they are dropped (a
+/// link that far behind is about to be declared dead anyway).
+const CONTROL_CAP: usize = 64;
+
+/// Time the relay has for each handshake step.
+const HANDSHAKE_STEP: Duration = Duration::from_secs(5);
 
 /// The outbound queues of the live links, one slot per configured relay.
 pub struct Links {
@@ -47,18 +64,23 @@ impl Links {
         }
     }
 
-    /// Sends through the first live link, waiting while its queue is full
-    /// (backpressure). Returns false, counting it, when no link is up.
-    pub async fn send(&self, mut frame: Frame) -> bool {
+    /// Queues `frame` on the first live link without waiting. Returns false,
+    /// counting why, when no link is up or that link's queue is full (the
+    /// frame is dropped: see the module docs).
+    pub fn send(&self, mut frame: Frame) -> bool {
         for slot in &self.slots {
             let Some(tx) = slot.load_full() else { continue };
-            match tx.send(frame).await {
+            match tx.try_send(frame) {
                 Ok(()) => {
                     self.metrics.frames_to_relay.inc();
                     return true;
                 }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.dropped_link_full.inc();
+                    return false;
+                }
                 // That link just died: take the frame back, try the next one.
-                Err(mpsc::error::SendError(f)) => frame = f,
+                Err(mpsc::error::TrySendError::Closed(f)) => frame = f,
             }
         }
         self.metrics.dropped_no_link.inc();
@@ -109,14 +131,16 @@ enum LinkEnd {
     Connect(std::io::Error),
     #[error("tls: {0}")]
     Tls(String),
+    #[error("handshake: no {0} within {HANDSHAKE_STEP:?}")]
+    HandshakeTimeout(&'static str),
     #[error("handshake: {0}")]
-    Handshake(String),
-    #[error("refused by relay: {0}")]
-    Refused(String),
+    Handshake(#[from] JoinError),
     #[error("link: {0}")]
-    Codec(#[from] shared::codec::LinkCodecError),
+    Codec(#[from] LinkCodecError),
     #[error("relay silent for {0:?}")]
     Silent(Duration),
+    #[error("relay took nothing we wrote for {0:?}")]
+    Stalled(Duration),
     #[error("relay closed the link")]
     Closed,
     #[error("relay said bye")]
@@ -129,7 +153,7 @@ enum LinkEnd {
 pub async fn link_task(addr: String, slot: usize, ctx: LinkContext, shutdown: CancellationToken) {
     let span = tracing::info_span!("relay_link", relay = %addr, server = %ctx.server_id);
     async move {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             let result = run_once(&addr, slot, &ctx, &shutdown, &mut backoff).await;
             if let Some(s) = ctx.links.slots.get(slot)
@@ -141,15 +165,16 @@ pub async fn link_task(addr: String, slot: usize, ctx: LinkContext, shutdown: Ca
             }
             match result {
                 Err(LinkEnd::Shutdown) | Ok(()) => return,
-                Err(e) => tracing::debug!(error = %e, retry_in = ?backoff, "relay link attempt failed"),
+                Err(LinkEnd::Handshake(JoinError::Refused(reason))) => {
+                    tracing::error!(%reason, "relay refused this server's link; check --link-secret-file and versions");
+                }
+                Err(e) => tracing::debug!(error = %e, retry_in = ?backoff.step(), "relay link attempt failed"),
             }
-            // Exponential backoff with full jitter, capped at 5 s.
-            let wait = rand::rng().random_range(backoff / 2..=backoff);
+            let wait = backoff.next_delay(rand::random());
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     }
     .instrument(span)
@@ -161,7 +186,7 @@ async fn run_once(
     slot: usize,
     ctx: &LinkContext,
     shutdown: &CancellationToken,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Result<(), LinkEnd> {
     let stream = tokio::select! {
         _ = shutdown.cancelled() => return Err(LinkEnd::Shutdown),
@@ -205,118 +230,148 @@ async fn run_once(
     }
 }
 
-/// The link over an established (plain or TLS) stream: handshake, then serve.
+/// The handshake over an established stream, moving the [`Joiner`]'s frames.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<S, LinkCodec>,
+    ctx: &LinkContext,
+) -> Result<String, LinkEnd> {
+    let mut joiner = Joiner::new(&ctx.server_id, ctx.epoch, ctx.addrs.clone(), &ctx.secret);
+    loop {
+        let frame = match tokio::time::timeout(HANDSHAKE_STEP, framed.next()).await {
+            Err(_) => return Err(LinkEnd::HandshakeTimeout(joiner.waiting_for())),
+            Ok(None) => return Err(LinkEnd::Closed),
+            Ok(Some(frame)) => frame?,
+        };
+        match joiner.on_frame(frame)? {
+            Step::Send(frame) => framed.send(frame).await?,
+            Step::Linked { relay_id } => return Ok(relay_id),
+        }
+    }
+}
+
+/// The link over an established (plain or TLS) stream: handshake, then
+/// read and write side by side until it ends.
 async fn linked<S: AsyncRead + AsyncWrite + Unpin>(
     mut framed: Framed<S, LinkCodec>,
     slot: usize,
     ctx: &LinkContext,
     shutdown: &CancellationToken,
-    backoff: &mut Duration,
+    backoff: &mut Backoff,
 ) -> Result<(), LinkEnd> {
-    // Handshake: Challenge -> Hello -> Welcome.
-    let first = tokio::time::timeout(Duration::from_secs(5), framed.next())
-        .await
-        .map_err(|_| LinkEnd::Handshake("no challenge within 5 s".into()))?;
-    let nonce = match first {
-        Some(Ok(Frame::Challenge { version, nonce })) if version == LINK_VERSION => nonce,
-        Some(Ok(Frame::Challenge { version, .. })) => {
-            return Err(LinkEnd::Handshake(format!(
-                "relay speaks link version {version}, we speak {LINK_VERSION}"
-            )));
-        }
-        Some(Ok(other)) => {
-            return Err(LinkEnd::Handshake(format!(
-                "expected challenge, got {}",
-                other.kind()
-            )));
-        }
-        Some(Err(e)) => return Err(e.into()),
-        None => return Err(LinkEnd::Closed),
-    };
-    framed
-        .send(Frame::Hello {
-            version: LINK_VERSION,
-            server_id: ctx.server_id.clone(),
-            epoch: ctx.epoch,
-            addrs: ctx.addrs.clone(),
-            auth: auth_tag(&ctx.secret, &nonce, &ctx.server_id, ctx.epoch),
-        })
-        .await?;
-    let answer = tokio::time::timeout(Duration::from_secs(5), framed.next())
-        .await
-        .map_err(|_| LinkEnd::Handshake("no welcome within 5 s".into()))?;
-    let relay_id = match answer {
-        Some(Ok(Frame::Welcome { relay_id })) => relay_id,
-        Some(Ok(Frame::Refused { reason })) => {
-            tracing::error!(%reason, "relay refused this server's link; check --link-secret-file and versions");
-            return Err(LinkEnd::Refused(reason));
-        }
-        Some(Ok(other)) => {
-            return Err(LinkEnd::Handshake(format!(
-                "expected welcome, got {}",
-                other.kind()
-            )));
-        }
-        Some(Err(e)) => return Err(e.into()),
-        None => return Err(LinkEnd::Closed),
-    };
+    let relay_id = handshake(&mut framed, ctx).await?;
 
     let (tx, mut rx) = mpsc::channel(ctx.queue.max(1));
+    let (control_tx, mut control) = mpsc::channel(CONTROL_CAP);
+    // The relay keeps no state across links: tell it our rooms again, ahead
+    // of anything queued once the slot is visible.
+    // A relay that takes none of it within `dead_after` is as dead as one
+    // that stops reading later.
+    let interests = async {
+        for room in ctx.hub.rooms() {
+            framed.feed(Frame::Interest { room, on: true }).await?;
+        }
+        SinkExt::<Frame>::flush(&mut framed).await
+    };
+    tokio::time::timeout(ctx.dead_after, interests)
+        .await
+        .map_err(|_| LinkEnd::Stalled(ctx.dead_after))??;
     if let Some(s) = ctx.links.slots.get(slot) {
         s.store(Some(Arc::new(tx)));
         ctx.metrics.links_up.inc();
     }
-    *backoff = Duration::from_millis(100);
+    backoff.reset();
     tracing::info!(%relay_id, "relay link up");
 
-    // The relay keeps no state across links: tell it our rooms again.
-    for room in ctx.hub.rooms() {
-        framed.feed(Frame::Interest { room, on: true }).await?;
-    }
-    SinkExt::<Frame>::flush(&mut framed).await?;
-
-    let mut heartbeat = tokio::time::interval(ctx.heartbeat);
+    let (mut sink, mut stream) = framed.split::<Frame>();
+    let live = Mutex::new(Liveness::new(ctx.dead_after, Instant::now()));
+    let liveness = || live.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut writer = Box::pin(write_side(&mut sink, &mut rx, &mut control, &live));
+    let mut heartbeat = tokio::time::interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let ping_seq = AtomicU64::new(0);
-    let mut last_heard = Instant::now();
-    loop {
+    let dead = tokio::time::sleep_until(liveness().deadline());
+    tokio::pin!(dead);
+    let end = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), framed.send(Frame::Bye)).await;
-                return Err(LinkEnd::Shutdown);
-            }
-            input = framed.next() => {
-                last_heard = Instant::now();
-                match input {
-                    Some(Ok(frame)) => {
-                        if let Some(reply) = handle_inbound(frame, ctx)? {
-                            framed.send(reply).await?;
-                        }
-                    }
-                    Some(Err(e)) => return Err(e.into()),
-                    None => return Err(LinkEnd::Closed),
-                }
-            }
-            out = rx.recv() => {
-                let Some(frame) = out else { return Err(LinkEnd::Closed) };
-                framed.feed(frame).await?;
-                // Batch: everything already queued goes out with one flush.
-                let mut n = 0;
-                while n < 1024 {
-                    match rx.try_recv() {
-                        Ok(f) => { framed.feed(f).await?; n += 1; }
-                        Err(_) => break,
+            _ = shutdown.cancelled() => break LinkEnd::Shutdown,
+            input = stream.next() => match input {
+                Some(Ok(frame)) => {
+                    liveness().heard(Instant::now());
+                    match handle_inbound(frame, ctx) {
+                        Ok(Some(reply)) => { let _ = control_tx.try_send(reply); }
+                        Ok(None) => {}
+                        Err(end) => break end,
                     }
                 }
-                SinkExt::<Frame>::flush(&mut framed).await?;
-            }
+                Some(Err(e)) => break e.into(),
+                None => break LinkEnd::Closed,
+            },
+            written = &mut writer => break match written {
+                Ok(()) => LinkEnd::Closed,
+                Err(e) => e.into(),
+            },
             _ = heartbeat.tick() => {
-                if last_heard.elapsed() > ctx.dead_after {
-                    return Err(LinkEnd::Silent(ctx.dead_after));
+                let ping = liveness().next_ping();
+                let _ = control_tx.try_send(ping);
+            }
+            () = &mut dead => {
+                let verdict = liveness().verdict(Instant::now());
+                match verdict {
+                    Some(Death::Silent) => break LinkEnd::Silent(ctx.dead_after),
+                    Some(Death::Stalled) => break LinkEnd::Stalled(ctx.dead_after),
+                    None => dead.as_mut().reset(liveness().deadline()),
                 }
-                framed.send(Frame::Ping(ping_seq.fetch_add(1, Ordering::Relaxed))).await?;
             }
         }
+    };
+    if matches!(end, LinkEnd::Shutdown) {
+        // The writer is dropped here; the sink is ours again.
+        drop(writer);
+        let bye = async {
+            sink.send(Frame::Bye).await?;
+            SinkExt::<Frame>::close(&mut sink).await
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), bye).await;
+    }
+    Err(end)
+}
+
+/// The write side of a link: control frames (pings, pongs) first, then
+/// everything queued, up to [`MAX_BATCH`] per flush. Tells `live` when
+/// frames start waiting and when the socket took them. Ends when the queue
+/// closes (`Ok`) or the socket fails.
+async fn write_side<W>(
+    sink: &mut W,
+    rx: &mut mpsc::Receiver<Frame>,
+    control: &mut mpsc::Receiver<Frame>,
+    live: &Mutex<Liveness<Instant>>,
+) -> Result<(), LinkCodecError>
+where
+    W: Sink<Frame, Error = LinkCodecError> + Unpin,
+{
+    let liveness = || live.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let first = tokio::select! {
+            biased;
+            Some(frame) = control.recv() => frame,
+            frame = rx.recv() => match frame {
+                Some(frame) => frame,
+                None => return Ok(()),
+            },
+        };
+        liveness().writing(Instant::now());
+        sink.feed(first).await?;
+        for _ in 0..MAX_BATCH {
+            let next = match control.try_recv() {
+                Ok(frame) => frame,
+                Err(_) => match rx.try_recv() {
+                    Ok(frame) => frame,
+                    Err(_) => break,
+                },
+            };
+            sink.feed(next).await?;
+        }
+        sink.flush().await?;
+        liveness().flushed();
     }
 }
 
@@ -334,6 +389,13 @@ fn handle_inbound(frame: Frame, ctx: &LinkContext) -> Result<Option<Frame>, Link
             ctx.hub
                 .push_user(&user, &Arc::new(Event::Direct { seq, msg }), except);
         }
+        Frame::Tell {
+            user, except, msg, ..
+        } => {
+            ctx.metrics.frames_from_relay.inc();
+            ctx.hub
+                .push_user(&user, &Arc::new(Event::Tell(msg)), except);
+        }
         Frame::Room { msg } => {
             ctx.metrics.frames_from_relay.inc();
             let room = msg.room.clone();
@@ -350,4 +412,34 @@ fn handle_inbound(frame: Frame, ctx: &LinkContext) -> Result<Option<Frame>, Link
         other => tracing::debug!(kind = other.kind(), "ignoring unexpected frame from relay"),
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_link_queue_drops_and_counts_instead_of_waiting() {
+        let metrics = Metrics::default();
+        let links = Links::new(2, metrics.clone());
+        assert!(!links.send(Frame::Ping(0)), "no link up");
+        assert_eq!(metrics.dropped_no_link.get(), 1);
+
+        let (tx, mut rx) = mpsc::channel(1);
+        links.slots[0].store(Some(Arc::new(tx)));
+        assert!(links.send(Frame::Ping(1)));
+        // Full: dropped at once, not queued on the second (ordered) link.
+        assert!(!links.send(Frame::Ping(2)));
+        assert_eq!(metrics.dropped_link_full.get(), 1);
+        assert_eq!(rx.try_recv().ok(), Some(Frame::Ping(1)));
+        assert!(rx.try_recv().is_err());
+
+        // A link that died hands the frame to the next live one.
+        drop(rx);
+        let (tx2, mut rx2) = mpsc::channel(1);
+        links.slots[1].store(Some(Arc::new(tx2)));
+        assert!(links.send(Frame::Ping(3)));
+        assert_eq!(rx2.try_recv().ok(), Some(Frame::Ping(3)));
+        assert_eq!(metrics.frames_to_relay.get(), 2);
+    }
 }

@@ -15,6 +15,11 @@
 //! other local session of the sender, and one `Deliver` frame per other
 //! server that holds sessions of either (one per user and server, however
 //! many sessions there).
+//!
+//! The router never waits on a relay link: [`Links::send`] queues without
+//! waiting and drops (and counts) a frame whose link queue is full, so one
+//! slow relay cannot stall storing for every session. The message is
+//! already stored; its recipient gets it by replay.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -89,7 +94,7 @@ impl Router {
                 biased;
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
                     for (job, result) in done {
-                        self.finish(job, result).await;
+                        self.finish(job, result);
                     }
                 }
                 job = jobs.recv(), if open && inflight.len() < self.max_inflight => match job {
@@ -142,7 +147,7 @@ impl Router {
         })
     }
 
-    async fn finish(&self, job: Job, result: Result<Value, DbError>) {
+    fn finish(&self, job: Job, result: Result<Value, DbError>) {
         match (job, result) {
             (Job::Send { msg, origin }, Ok(reply)) => {
                 let parsed = match &reply {
@@ -150,7 +155,7 @@ impl Router {
                     _ => Err(DbError::Shape("send reply is not an array")),
                 };
                 match parsed {
-                    Ok(stored) => self.route_direct(stored, origin).await,
+                    Ok(stored) => self.route_direct(stored, origin),
                     Err(e) => self.not_stored(&e, &origin),
                 }
             }
@@ -160,7 +165,7 @@ impl Router {
                 self.hub
                     .push_room(&msg.room, &event, Some(origin.session.id));
                 let (room, id) = (msg.room.clone(), msg.id.clone());
-                self.links.send(Frame::Room { msg }).await;
+                self.links.send(Frame::Room { msg });
                 origin.answer(Reply::Published { room, id }, &self.metrics);
             }
             (Job::Publish { origin, .. }, Err(e)) => {
@@ -174,7 +179,7 @@ impl Router {
                 let event = Arc::new(Event::Room(msg.clone()));
                 self.hub.push_everyone(&event, Some(origin.session.id));
                 let (room, id) = (msg.room.clone(), msg.id.clone());
-                self.links.send(Frame::Room { msg }).await;
+                self.links.send(Frame::Room { msg });
                 origin.answer(Reply::Published { room, id }, &self.metrics);
             }
         }
@@ -190,7 +195,7 @@ impl Router {
         );
     }
 
-    async fn route_direct(&self, stored: Stored, origin: Origin) {
+    fn route_direct(&self, stored: Stored, origin: Origin) {
         let Stored {
             msg,
             seq_to,
@@ -220,15 +225,13 @@ impl Router {
         });
         self.hub.push_user(&msg.to, &to_event, to_except);
         for server in to_servers.iter().filter(|s| **s != self.server_id) {
-            self.links
-                .send(Frame::Deliver {
-                    to_server: server.clone(),
-                    user: msg.to.clone(),
-                    seq: seq_to,
-                    except: to_except,
-                    msg: msg.clone(),
-                })
-                .await;
+            self.links.send(Frame::Deliver {
+                to_server: server.clone(),
+                user: msg.to.clone(),
+                seq: seq_to,
+                except: to_except,
+                msg: msg.clone(),
+            });
         }
         // The sender's other devices get their copy, with its seq in the sender's inbox.
         if !note_to_self {
@@ -238,15 +241,13 @@ impl Router {
             });
             self.hub.push_user(&msg.from, &from_event, Some(me));
             for server in from_servers.iter().filter(|s| **s != self.server_id) {
-                self.links
-                    .send(Frame::Deliver {
-                        to_server: server.clone(),
-                        user: msg.from.clone(),
-                        seq: seq_from,
-                        except: Some(me),
-                        msg: msg.clone(),
-                    })
-                    .await;
+                self.links.send(Frame::Deliver {
+                    to_server: server.clone(),
+                    user: msg.from.clone(),
+                    seq: seq_from,
+                    except: Some(me),
+                    msg: msg.clone(),
+                });
             }
         }
         origin.answer(reply, &self.metrics);

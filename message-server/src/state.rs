@@ -25,29 +25,53 @@ pub enum Login {
     Token(Arc<crate::auth::TokenAuth>),
 }
 
-/// Shared state of one server.
+/// Shared state of one server, grouped by what uses it.
 pub struct State {
-    pub server_id: String,
-    pub epoch: u64,
+    /// Who this server is.
+    pub identity: Identity,
     pub limits: Limits,
+    /// How users log in.
     pub login: Login,
+    /// The connection cap and the per-address cap.
+    pub cap: Cap,
+    /// Settings only the HTTP side of the WebSocket port reads.
+    pub http: HttpSettings,
     pub hub: Arc<Hub>,
     pub directory: Directory,
     pub store: Store,
     pub router: mpsc::Sender<Job>,
     pub links: Arc<Links>,
-    pub relays: usize,
     pub metrics: Metrics,
-    /// One permit per client connection: the cap.
-    pub permits: Arc<Semaphore>,
-    pub max_connections: usize,
     pub ids: Ids,
-    pub echo: bool,
+    pub shutdown: CancellationToken,
+}
+
+/// This server's identity, as `/healthz` and the logs show it.
+pub struct Identity {
+    /// `--id`.
+    pub server_id: String,
+    /// This start's epoch (unix ms at start).
+    pub epoch: u64,
+    /// Relays configured (`--relay`, any number).
+    pub relays: usize,
+}
+
+/// Admission limits: how many connections, and how many per address.
+pub struct Cap {
+    /// One permit per client connection: `--max-connections`.
+    pub permits: Arc<Semaphore>,
+    /// The number of permits, for `/healthz` and the 503 body.
+    pub max_connections: usize,
     /// Connections per client address.
     pub per_address: Arc<crate::limits::PerAddress>,
+}
+
+/// What only the HTTP side of the WebSocket port needs.
+pub struct HttpSettings {
+    /// Serve `/echo` (conformance testing).
+    pub echo: bool,
     /// Browser origins allowed (empty: any).
     pub allowed_origins: Vec<String>,
-    pub shutdown: CancellationToken,
 }
 
 /// A connection's admission: its place under the server cap and under its
@@ -71,10 +95,11 @@ impl State {
     /// Admits a connection from `ip`, or says why not.
     pub fn admit(&self, ip: std::net::IpAddr) -> Result<Admission, Refusal> {
         let slot = self
+            .cap
             .per_address
             .take(ip, self.limits.max_connections_per_ip)
             .ok_or(Refusal::TooManyFromAddress)?;
-        let permit = Arc::clone(&self.permits)
+        let permit = Arc::clone(&self.cap.permits)
             .try_acquire_owned()
             .map_err(|_| Refusal::Full)?;
         Ok(Admission {

@@ -131,20 +131,20 @@ struct ServersWithRoom<'a> {
 fn servers(headers: &HeaderMap, state: &State) -> Response<Body> {
     let mut list = Vec::new();
     let connections = state.metrics.connections.get().max(0) as u64;
-    if state.permits.available_permits() > 0
+    if state.cap.permits.available_permits() > 0
         && let Some(ws) = own_address(headers)
     {
         list.push(ServerInfo {
-            id: state.server_id.clone(),
+            id: state.identity.server_id.clone(),
             ws,
             tcp: String::new(),
             connections,
-            cap: state.max_connections as u64,
+            cap: state.cap.max_connections as u64,
         });
     }
     list.extend(state.directory.alternatives().iter().cloned());
     let body = ServersWithRoom {
-        server: &state.server_id,
+        server: &state.identity.server_id,
         servers: list,
     };
     let mut resp = match serde_json::to_value(&body) {

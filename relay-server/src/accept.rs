@@ -1,7 +1,8 @@
 //! Accepting links: the accept loop and the handshake.
 //!
 //! The loop only accepts, applies the `--max-links` cap and spawns; a
-//! failing `accept` (out of file descriptors, say) backs off and retries, and
+//! failing `accept` (out of file descriptors, say) backs off and retries
+//! ([`entry::accept::Acceptor`], the one accept step of both binaries), and
 //! nothing a peer sends can reach it. Each connection's task then runs the
 //! handshake under `--handshake-timeout`:
 //!
@@ -20,7 +21,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use shared::codec::LinkCodec;
-use shared::link::{Frame, LINK_VERSION, NONCE_LEN, verify_auth};
+use shared::link::handshake::{Accepted, Challenger, RefusalKind};
+use shared::link::{Frame, NONCE_LEN};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -28,11 +30,8 @@ use tokio_util::codec::Framed;
 use tracing::{Instrument, Span, debug, info_span, warn};
 
 use crate::Ctx;
-use crate::link::{Accepted, LinkFramed, LinkIo};
+use crate::link::{LinkFramed, LinkIo};
 use crate::metrics::RefuseReason;
-
-/// Longest address a server may report (they end up in logs and `/servers`).
-const MAX_ADDR_LEN: usize = 256;
 
 /// Time to tell a refused peer why, before closing anyway.
 const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -40,27 +39,8 @@ const REFUSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Accepts connections until shutdown.
 pub(crate) async fn accept_loop(ctx: Arc<Ctx>, listener: TcpListener) {
     let slots = Arc::new(Semaphore::new(ctx.config.max_links));
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => {
-                backoff = Duration::from_millis(10);
-                pair
-            }
-            Err(error) => {
-                warn!(%error, ?backoff, "accept failed; retrying");
-                tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-                continue;
-            }
-        };
+    let mut acceptor = entry::accept::Acceptor::new(listener, "link");
+    while let Some((stream, peer)) = acceptor.next(&ctx.shutdown).await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             ctx.metrics.refused(RefuseReason::Full);
             warn!(%peer, limit = ctx.config.max_links, "connection refused: relay at --max-links");
@@ -159,19 +139,14 @@ impl Refusal {
     }
 }
 
-/// Sends the challenge and checks the answer.
+/// Sends the challenge and judges the answer ([`Challenger`], the shared
+/// handshake core); this end only moves the frames.
 async fn handshake(ctx: &Ctx, framed: &mut LinkFramed) -> Result<Accepted, Refusal> {
-    let nonce: [u8; NONCE_LEN] = rand::random();
-    framed
-        .send(Frame::Challenge {
-            version: LINK_VERSION,
-            nonce,
-        })
-        .await
-        .map_err(|_| Refusal {
-            reason: None,
-            detail: "closed".into(),
-        })?;
+    let (challenger, challenge) = Challenger::new(rand::random::<[u8; NONCE_LEN]>());
+    framed.send(challenge).await.map_err(|_| Refusal {
+        reason: None,
+        detail: "closed".into(),
+    })?;
     let frame = match framed.next().await {
         Some(Ok(frame)) => frame,
         Some(Err(error)) => {
@@ -187,50 +162,23 @@ async fn handshake(ctx: &Ctx, framed: &mut LinkFramed) -> Result<Accepted, Refus
             });
         }
     };
-    let Frame::Hello {
-        version,
-        server_id,
-        epoch,
-        addrs,
-        auth,
-    } = frame
-    else {
-        return Err(Refusal::new(
-            RefuseReason::Protocol,
-            format!("expected hello, got {}", frame.kind()),
-        ));
-    };
-    if version != LINK_VERSION {
-        return Err(Refusal::new(
-            RefuseReason::Version,
-            format!("link version {version} is not supported; this relay speaks {LINK_VERSION}"),
-        ));
+    if let Frame::Hello {
+        server_id, epoch, ..
+    } = &frame
+        && shared::ids::check_name(server_id).is_ok()
+    {
+        // A valid name is short and safe to log.
+        let span = Span::current();
+        span.record("server", server_id.as_str());
+        span.record("epoch", *epoch);
     }
-    if let Err(error) = shared::ids::check_name(&server_id) {
-        return Err(Refusal::new(
-            RefuseReason::Name,
-            format!("invalid server id: {error}"),
-        ));
-    }
-    if addrs.ws.len() > MAX_ADDR_LEN || addrs.tcp.len() > MAX_ADDR_LEN {
-        return Err(Refusal::new(
-            RefuseReason::Protocol,
-            format!("server addresses longer than {MAX_ADDR_LEN} bytes"),
-        ));
-    }
-    // A valid name is short and safe to log.
-    let span = Span::current();
-    span.record("server", server_id.as_str());
-    span.record("epoch", epoch);
-    if !verify_auth(&ctx.secret, &nonce, &server_id, epoch, &auth) {
-        return Err(Refusal::new(
-            RefuseReason::Auth,
-            "authentication failed (link secret mismatch)",
-        ));
-    }
-    Ok(Accepted {
-        server_id,
-        epoch,
-        addrs,
+    challenger.on_hello(frame, &ctx.secret).map_err(|r| {
+        let reason = match r.kind {
+            RefusalKind::Version => RefuseReason::Version,
+            RefusalKind::Name => RefuseReason::Name,
+            RefusalKind::Protocol => RefuseReason::Protocol,
+            RefusalKind::Auth => RefuseReason::Auth,
+        };
+        Refusal::new(reason, r.detail)
     })
 }

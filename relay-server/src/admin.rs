@@ -36,7 +36,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::Ctx;
 use crate::registry::{self, Entry};
@@ -63,22 +63,8 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
 /// Serves admin requests until shutdown.
 pub(crate) async fn serve(ctx: Arc<Ctx>, listener: TcpListener) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let accepted = tokio::select! {
-            _ = ctx.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(error) => {
-                warn!(%error, "admin accept failed; retrying");
-                tokio::select! {
-                    _ = ctx.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-                }
-                continue;
-            }
-        };
+    let mut acceptor = entry::accept::Acceptor::new(listener, "admin");
+    while let Some((stream, peer)) = acceptor.next(&ctx.shutdown).await {
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             debug!(%peer, "admin connection refused: too many");
             continue;
@@ -186,7 +172,7 @@ async fn servers(ctx: &Ctx) -> Response<Full<Bytes>> {
     let mut conn = ctx.redis.clone();
     match registry::read_all(&mut conn).await {
         Ok(entries) => {
-            let now = registry::now_ms();
+            let now = entry::now_ms();
             for (id, entry) in entries {
                 // An id whose entry expired is not a known server any more
                 // (the sweep removes it); an entry from elsewhere is skipped.

@@ -6,11 +6,12 @@
 //!
 //! - [`config`]: flags and their defaults ([`Config`]);
 //! - `accept`: the accept loop and the link handshake (challenge, `Hello`,
-//!   secret check, `Welcome` or `Refused`);
+//!   secret check, `Welcome` or `Refused`), moving the frames of the shared
+//!   handshake core ([`shared::link::handshake`]);
 //! - `routes`: the routing table, server id -> link queue, and room
 //!   interests;
-//! - `link`: one task per link, reading, forwarding, writing in batches;
-//! - `health`: heartbeats and when a link counts as dead;
+//! - `link`: one task per link, reading, forwarding, writing in batches,
+//!   its health judged by the shared [`shared::link::liveness`];
 //! - `purge`: purging a dead server after its grace period, and the registry
 //!   sweep for servers that died unwatched;
 //! - `registry`: reading the server registry, the Redis connection;
@@ -24,7 +25,6 @@
 //! no durable state: restarting it loses nothing.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +38,6 @@ mod accept;
 mod admin;
 pub mod cli;
 pub mod config;
-mod health;
 mod link;
 mod metrics;
 mod purge;
@@ -69,17 +68,10 @@ pub enum RelayError {
         /// The socket error.
         source: std::io::Error,
     },
-    /// The link secret file could not be read.
-    #[error("cannot read link secret file {path}: {source}")]
-    Secret {
-        /// The file.
-        path: PathBuf,
-        /// The read error.
-        source: std::io::Error,
-    },
-    /// The link secret file holds nothing (which would silently mean "no secret").
-    #[error("link secret file {0} is empty")]
-    EmptySecret(PathBuf),
+    /// The link secret file could not be used (unreadable, or empty: which
+    /// would silently mean "no secret").
+    #[error("link secret: {0}")]
+    Secret(#[from] entry::secret::SecretError),
     /// The Redis URL is not one.
     #[error("invalid redis url: {0}")]
     Redis(#[source] redis::RedisError),
@@ -126,24 +118,6 @@ impl std::fmt::Debug for Bound {
     }
 }
 
-fn read_secret(path: &std::path::Path) -> Result<Vec<u8>, RelayError> {
-    let mut bytes = std::fs::read(path).map_err(|source| RelayError::Secret {
-        path: path.to_owned(),
-        source,
-    })?;
-    // One trailing newline (as editors and `echo` write it) is not part of it.
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-    }
-    if bytes.is_empty() {
-        return Err(RelayError::EmptySecret(path.to_owned()));
-    }
-    Ok(bytes)
-}
-
 async fn listen(
     what: &'static str,
     addr: SocketAddr,
@@ -160,7 +134,7 @@ async fn listen(
 pub async fn bind(config: Config) -> Result<Bound, RelayError> {
     config.validate().map_err(RelayError::Config)?;
     let secret = match &config.link_secret_file {
-        Some(path) => read_secret(path)?,
+        Some(path) => entry::secret::read_secret(path)?,
         None => {
             warn!("no --link-secret-file: accepting only servers without a link secret");
             Vec::new()

@@ -3,7 +3,7 @@
 //! After the handshake ([`crate::accept`]) the task registers the server in
 //! the routing table and runs one `select!` over:
 //!
-//! - frames from the server: `Deliver` and `Room` are forwarded, `Interest`
+//! - frames from the server: `Deliver`, `Tell` and `Room` are forwarded, `Interest`
 //!   updates the table, `Ping` is answered, `Bye` ends the link;
 //! - the link's bounded outbound queue, written by a pump that feeds every
 //!   frame available and then flushes once (batching), and that runs beside
@@ -11,7 +11,7 @@
 //!   (one that takes nothing for `--dead-after` is cut off, and frames
 //!   for it beyond its queue are dropped meanwhile);
 //! - the heartbeat interval (`Ping`) and the liveness deadline
-//!   ([`crate::health`]);
+//!   ([`shared::link::liveness`], the same core the servers use);
 //! - the relay's shutdown (we send `Bye`) and this link's own close signal
 //!   (a newer link of the same server replaced it).
 //!
@@ -26,7 +26,9 @@ use std::time::Duration;
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use shared::codec::{LinkCodec, LinkCodecError};
-use shared::link::{Frame, ServerAddrs};
+use shared::link::Frame;
+use shared::link::handshake::Accepted;
+use shared::link::liveness::{Death, Liveness};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -35,7 +37,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Ctx;
-use crate::health::{Death, Liveness};
 use crate::metrics::DropReason;
 use crate::routes::{Interest, Outcome, Route};
 
@@ -57,14 +58,6 @@ const CONTROL_CAP: usize = 64;
 
 /// Time to send `Bye` and close at shutdown.
 const BYE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// A server that passed the handshake.
-#[derive(Debug, Clone)]
-pub(crate) struct Accepted {
-    pub server_id: String,
-    pub epoch: u64,
-    pub addrs: ServerAddrs,
-}
 
 /// Why a link ended.
 #[derive(Debug)]
@@ -158,7 +151,7 @@ async fn serve(
     framed: LinkFramed,
     mut rx: mpsc::Receiver<Frame>,
     close: &CancellationToken,
-    live: &mut Liveness,
+    live: &mut Liveness<Instant>,
 ) -> End {
     let (mut sink, mut stream) = framed.split::<Frame>();
     let mut control: VecDeque<Frame> = VecDeque::with_capacity(CONTROL_CAP);
@@ -255,7 +248,7 @@ fn pump(
     rx: &mut mpsc::Receiver<Frame>,
     control: &mut VecDeque<Frame>,
     st: &mut WriteState,
-    live: &mut Liveness,
+    live: &mut Liveness<Instant>,
 ) -> Poll<Result<(), LinkCodecError>> {
     let mut fed = 0;
     loop {
@@ -326,7 +319,7 @@ impl Input<'_> {
         match &frame {
             Frame::Ping(n) => push_control(self.control, Frame::Pong(*n)),
             Frame::Pong(_) => {}
-            Frame::Deliver { to_server, .. } => {
+            Frame::Deliver { to_server, .. } | Frame::Tell { to_server, .. } => {
                 let to = to_server.clone();
                 let outcome = self.ctx.routes.forward(&to, frame);
                 self.count(outcome, &to);

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{RedisResult, Script};
+use shared::backoff::Backoff;
 use shared::keys;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -39,24 +40,6 @@ impl Scripts {
         Scripts {
             purge: Script::new(keys::PURGE_SERVER),
         }
-    }
-}
-
-/// Exponential backoff between retries.
-struct Backoff {
-    next: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    fn new(first: Duration, max: Duration) -> Backoff {
-        Backoff { next: first, max }
-    }
-
-    fn step(&mut self) -> Duration {
-        let now = self.next;
-        self.next = (self.next * 2).min(self.max);
-        now
     }
 }
 
@@ -115,7 +98,7 @@ async fn after_death(ctx: Arc<Ctx>, server: String, epoch: u64, last_heard: Inst
                 info!("shutting down with the purge undone; leaving it to the sweep");
                 return;
             }
-            _ = tokio::time::sleep(backoff.step()) => {}
+            _ = tokio::time::sleep(backoff.next_delay(rand::random())) => {}
         }
     }
 }
@@ -196,7 +179,7 @@ async fn wait_for_redis(ctx: &Ctx) -> bool {
         }
         tokio::select! {
             _ = ctx.shutdown.cancelled() => return false,
-            _ = tokio::time::sleep(backoff.step()) => {}
+            _ = tokio::time::sleep(backoff.next_delay(rand::random())) => {}
         }
     }
 }
@@ -205,7 +188,7 @@ async fn wait_for_redis(ctx: &Ctx) -> bool {
 async fn sweep(ctx: &Ctx) -> RedisResult<()> {
     let mut conn = ctx.redis.clone();
     let entries = registry::read_all(&mut conn).await?;
-    let now = registry::now_ms();
+    let now = entry::now_ms();
     let stale_ms = u64::try_from(ctx.config.stale_after.as_millis()).unwrap_or(u64::MAX);
     for (server, entry) in entries {
         if ctx.shutdown.is_cancelled() {

@@ -48,7 +48,7 @@ impl PurgeLog {
             server: server.to_owned(),
             epoch,
             sessions,
-            at_ms: crate::registry::now_ms(),
+            at_ms: entry::now_ms(),
             time_to_purge_ms: time_to_purge
                 .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             cause: if time_to_purge.is_some() {

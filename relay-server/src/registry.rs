@@ -7,7 +7,7 @@
 //! delays a purge or an admin answer, never a shutdown.
 
 use std::collections::HashMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RedisResult};
@@ -48,14 +48,6 @@ pub async fn ping(conn: &mut ConnectionManager) -> RedisResult<()> {
     call(redis::cmd("PING").query_async::<String>(conn))
         .await
         .map(|_| ())
-}
-
-/// Unix time now, in milliseconds (what servers write in `seen`).
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 /// One registry entry, parsed leniently: a field that is missing or not a

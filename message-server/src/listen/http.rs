@@ -39,14 +39,14 @@ pub fn health(state: &State) -> Response<Body> {
     let ok = redis_up && links > 0;
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
-        "server": state.server_id,
-        "epoch": state.epoch,
+        "server": state.identity.server_id,
+        "epoch": state.identity.epoch,
         "relay_links": links,
-        "relays": state.relays,
+        "relays": state.identity.relays,
         "redis": if redis_up { "up" } else { "down" },
         "connections": state.metrics.connections.get(),
         "sessions": state.metrics.sessions.get(),
-        "cap": state.max_connections,
+        "cap": state.cap.max_connections,
     });
     json(
         if ok {
@@ -72,7 +72,7 @@ pub fn full(state: &State) -> Response<Body> {
     let alternatives = state.directory.alternatives();
     let body = json!({
         "error": "full",
-        "message": format!("server {} is at its cap of {} connections; try another", state.server_id, state.max_connections),
+        "message": format!("server {} is at its cap of {} connections; try another", state.identity.server_id, state.cap.max_connections),
         "servers": *alternatives,
     });
     let mut resp = json(StatusCode::SERVICE_UNAVAILABLE, body);

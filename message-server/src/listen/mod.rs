@@ -3,8 +3,10 @@
 //! permit first: at the cap a client is refused with a pointer to servers
 //! that have room, and sessions already connected are not touched.
 //!
-//! Accept loops never end on an error: they log it, back off briefly and
-//! go on. Handshakes (TLS, HTTP) happen in the connection's own task.
+//! Accept loops never end on an error: [`entry::accept::Acceptor`] (the one
+//! accept step both binaries use) logs it, backs off (shutdown interrupts
+//! the wait) and goes on. Handshakes (TLS, HTTP) happen in the connection's
+//! own task.
 
 pub mod http;
 pub mod tcp;
@@ -35,6 +37,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// socket options, the TLS handshake when configured, then `serve`.
 pub async fn accept_loop<F>(
     listener: TcpListener,
+    what: &'static str,
     state: Arc<State>,
     tls: Option<tls_config::TlsAcceptor>,
     tracker: TaskTracker,
@@ -43,20 +46,9 @@ pub async fn accept_loop<F>(
     F: Fn(ClientIo, SocketAddr, Arc<State>) -> Serving + Send + Sync + 'static,
 {
     let serve = Arc::new(serve);
-    loop {
-        let accepted = tokio::select! {
-            _ = state.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
-            Err(e) => {
-                // E.g. out of file descriptors: back off, never give up.
-                tracing::warn!(error = %e, "accept failed; backing off");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+    let mut acceptor = entry::accept::Acceptor::new(listener, what);
+    let shutdown = state.shutdown.clone();
+    while let Some((stream, peer)) = acceptor.next(&shutdown).await {
         let (state, tls, serve) = (Arc::clone(&state), tls.clone(), Arc::clone(&serve));
         tracker.spawn(async move {
             let _ = stream.set_nodelay(true);

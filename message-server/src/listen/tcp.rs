@@ -20,7 +20,7 @@ pub async fn accept_loop(
     tls: Option<tls_config::TlsAcceptor>,
     tracker: TaskTracker,
 ) {
-    super::accept_loop(listener, state, tls, tracker, |io, peer, state| {
+    super::accept_loop(listener, "tcp", state, tls, tracker, |io, peer, state| {
         Box::pin(serve(io, peer, state))
     })
     .await;

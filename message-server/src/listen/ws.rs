@@ -54,9 +54,14 @@ pub async fn accept_loop(
     tracker: TaskTracker,
 ) {
     let t = tracker.clone();
-    super::accept_loop(listener, state, tls, tracker, move |io, peer, state| {
-        Box::pin(serve(io, peer, state, t.clone()))
-    })
+    super::accept_loop(
+        listener,
+        "ws",
+        state,
+        tls,
+        tracker,
+        move |io, peer, state| Box::pin(serve(io, peer, state, t.clone())),
+    )
     .await;
 }
 
@@ -103,7 +108,7 @@ fn route(
         "/healthz" => http::health(&state),
         "/metrics" => http::metrics(&state),
         "/ws" => upgrade(req, peer, state, tracker, Endpoint::Chat),
-        "/echo" if state.echo => upgrade(req, peer, state, tracker, Endpoint::Echo),
+        "/echo" if state.http.echo => upgrade(req, peer, state, tracker, Endpoint::Echo),
         p if crate::web::serves(p) => crate::web::respond(p, req.headers(), &state),
         _ => http::respond(
             StatusCode::NOT_FOUND,
@@ -170,9 +175,10 @@ fn upgrade(
     let accept = derive_accept_key(key.as_bytes());
     let login = handshake_login(&req);
     if let Some(origin) = headers.get(header::ORIGIN) {
-        let allowed = state.allowed_origins.is_empty()
+        let allowed = state.http.allowed_origins.is_empty()
             || origin.to_str().is_ok_and(|o| {
                 state
+                    .http
                     .allowed_origins
                     .iter()
                     .any(|a| a.eq_ignore_ascii_case(o))

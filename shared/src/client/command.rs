@@ -30,6 +30,22 @@ pub enum Command {
         /// Body.
         text: String,
     },
+    /// `TELL <user> <text...>`: a transient direct message (at most once,
+    /// never stored, no answer on success).
+    Tell {
+        /// Recipient.
+        to: String,
+        /// Body.
+        text: String,
+    },
+    /// `SAY <room> <text...>`: a transient room message (not in the room's
+    /// history, no answer on success).
+    Say {
+        /// Room.
+        room: String,
+        /// Body.
+        text: String,
+    },
     /// `JOIN <room>`.
     Join {
         /// Room.
@@ -170,18 +186,23 @@ fn parse_text(line: &str) -> Result<Command, ClientError> {
             }),
             _ => Err(syntax("usage: LOGIN <user> [<token>]")),
         },
-        "SEND" | "PUB" => {
+        "SEND" | "PUB" | "TELL" | "SAY" => {
             let (first, text) = split(rest);
-            let what = if verb_upper == "SEND" { "user" } else { "room" };
+            let what = if matches!(verb_upper.as_str(), "SEND" | "TELL") {
+                "user"
+            } else {
+                "room"
+            };
             let Some(first) = first else {
                 return Err(syntax(format!("usage: {verb_upper} <{what}> <text...>")));
             };
             let first = name_arg(what, &first)?;
             let text = text_arg(&verb_upper, text.as_deref())?;
-            Ok(if verb_upper == "SEND" {
-                Command::Send { to: first, text }
-            } else {
-                Command::Pub { room: first, text }
+            Ok(match verb_upper.as_str() {
+                "SEND" => Command::Send { to: first, text },
+                "TELL" => Command::Tell { to: first, text },
+                "PUB" => Command::Pub { room: first, text },
+                _ => Command::Say { room: first, text },
             })
         }
         "ALL" => Ok(Command::All {
@@ -324,6 +345,14 @@ fn json_command(c: JsonCommand) -> Result<Command, ClientError> {
             to: name_arg("user", &required(op, "to", c.to)?)?,
             text: text_arg("send", c.text.as_deref())?,
         },
+        "tell" => Command::Tell {
+            to: name_arg("user", &required(op, "to", c.to)?)?,
+            text: text_arg("tell", c.text.as_deref())?,
+        },
+        "say" => Command::Say {
+            room: name_arg("room", &required(op, "room", c.room)?)?,
+            text: text_arg("say", c.text.as_deref())?,
+        },
         "join" => Command::Join {
             room: name_arg("room", &required(op, "room", c.room)?)?,
         },
@@ -401,6 +430,43 @@ mod tests {
                 text: "hi all".into()
             }
         );
+        assert_eq!(
+            text("TELL bob is typing"),
+            Command::Tell {
+                to: "bob".into(),
+                text: "is typing".into()
+            }
+        );
+        assert_eq!(
+            text("say lobby  cursor 3 4"),
+            Command::Say {
+                room: "lobby".into(),
+                text: "cursor 3 4".into()
+            }
+        );
+        assert_eq!(err("TELL bob"), ErrCode::Syntax);
+        assert_eq!(err("TELL"), ErrCode::Syntax);
+        assert_eq!(err("TELL no/such hi"), ErrCode::Syntax);
+        assert_eq!(err("SAY lobby   "), ErrCode::Syntax);
+        assert_eq!(
+            parse(r#"{"op":"tell","to":"bob","text":"typing"}"#)
+                .expect("parses")
+                .cmd,
+            Command::Tell {
+                to: "bob".into(),
+                text: "typing".into()
+            }
+        );
+        assert_eq!(
+            parse(r#"{"op":"say","room":"lobby","text":"here"}"#)
+                .expect("parses")
+                .cmd,
+            Command::Say {
+                room: "lobby".into(),
+                text: "here".into()
+            }
+        );
+        assert_eq!(err(r#"{"op":"tell","text":"typing"}"#), ErrCode::Syntax);
         assert_eq!(text("ACK 42"), Command::Ack { seq: 42 });
         assert_eq!(
             text("SYNC 0 e1"),

@@ -184,6 +184,10 @@ pub enum Event {
         /// The message.
         msg: DirectMsg,
     },
+    /// `MSG - <from> <to> <msg-id> <unix-ms> <text...>`: a transient direct
+    /// message (`TELL`); the seq `-` says it was not stored (in JSON,
+    /// `"seq":null`), so clients parse one form.
+    Tell(DirectMsg),
     /// `ROOM <room> <from> <msg-id> <unix-ms> <text...>`; a broadcast is
     /// `ALL <from> <msg-id> <unix-ms> <text...>`.
     Room(RoomMsg),
@@ -378,7 +382,8 @@ impl Reply {
 struct JsonDirect<'a> {
     #[serde(rename = "type")]
     kind: &'static str,
-    seq: u64,
+    /// `None` (JSON `null`) for a transient message.
+    seq: Option<u64>,
     from: &'a str,
     to: &'a str,
     id: &'a str,
@@ -412,6 +417,12 @@ impl Event {
                 push_body(&mut out, &msg.text);
                 out
             }
+            (Encoding::Text, Event::Tell(msg)) => {
+                let mut out = String::with_capacity(48 + msg.text.len());
+                let _ = write!(out, "MSG - {} {} {} {} ", msg.from, msg.to, msg.id, msg.ts);
+                push_body(&mut out, &msg.text);
+                out
+            }
             (Encoding::Text, Event::Room(m)) => {
                 let mut out = String::with_capacity(48 + m.text.len());
                 if m.room == BROADCAST_ROOM {
@@ -422,9 +433,18 @@ impl Event {
                 push_body(&mut out, &m.text);
                 out
             }
+            (Encoding::Json, Event::Tell(msg)) => json(&JsonDirect {
+                kind: "msg",
+                seq: None,
+                from: &msg.from,
+                to: &msg.to,
+                id: &msg.id,
+                ts: msg.ts,
+                text: &msg.text,
+            }),
             (Encoding::Json, Event::Direct { seq, msg }) => json(&JsonDirect {
                 kind: "msg",
-                seq: *seq,
+                seq: Some(*seq),
                 from: &msg.from,
                 to: &msg.to,
                 id: &msg.id,
@@ -493,6 +513,28 @@ mod tests {
         assert_eq!(v["type"], "sent");
         assert_eq!(v["cid"], "c-1");
         assert_eq!(v["seq"], 4);
+    }
+
+    #[test]
+    fn a_transient_message_has_seq_dash_in_text_and_null_in_json() {
+        let ev = Event::Tell(msg("is typing"));
+        assert_eq!(
+            ev.render(Encoding::Text),
+            "MSG - alice bob m1 1700 is typing"
+        );
+        let v: serde_json::Value = serde_json::from_str(&ev.render(Encoding::Json)).expect("json");
+        assert_eq!(v["type"], "msg");
+        assert!(v["seq"].is_null(), "{v}");
+        assert_eq!(v["from"], "alice");
+        assert_eq!(v["text"], "is typing");
+        // A stored one keeps its number.
+        let stored = Event::Direct {
+            seq: 3,
+            msg: msg("x"),
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&stored.render(Encoding::Json)).expect("json");
+        assert_eq!(v["seq"], 3);
     }
 
     #[test]

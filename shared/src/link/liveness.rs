@@ -1,17 +1,20 @@
-//! Liveness of one link: when the server was last heard from, whether what
-//! we write to it is being taken, the heartbeat counter, and the verdict.
+//! Liveness of one link, for both ends: when the peer was last heard from,
+//! whether what we write to it is being taken, the heartbeat counter, and
+//! the verdict.
 //!
 //! Both sides ping every heartbeat, and any frame counts as a sign of life,
 //! so a busy link needs no extra traffic. A link is dead when nothing was
 //! received for `dead_after`, or when frames have waited in the socket for
 //! `dead_after` without it taking a byte (a server that stopped reading).
-//! The link task ([`crate::link`]) asks [`Liveness::deadline`] when to look
-//! again and [`Liveness::verdict`] what it sees then.
+//! A link task (the relay's per-link task, the server's relay link) asks
+//! [`Liveness::deadline`] when to look again and [`Liveness::verdict`] what
+//! it sees then. No clock here: every instant is passed in, of any type
+//! that behaves like one ([`std::time::Instant`], `tokio::time::Instant`).
 
+use std::ops::Add;
 use std::time::Duration;
 
-use shared::link::Frame;
-use tokio::time::Instant;
+use super::Frame;
 
 /// Why a link was declared dead by its health check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,20 +25,20 @@ pub enum Death {
     Stalled,
 }
 
-/// The health state of one link.
+/// The health state of one link; `I` is the instant type of the caller's clock.
 #[derive(Debug)]
-pub struct Liveness {
+pub struct Liveness<I> {
     dead_after: Duration,
-    last_heard: Instant,
+    last_heard: I,
     /// Since when written frames have waited without progress; `None` when
     /// everything is flushed.
-    stuck_since: Option<Instant>,
+    stuck_since: Option<I>,
     pings: u64,
 }
 
-impl Liveness {
+impl<I: Copy + Ord + Add<Duration, Output = I>> Liveness<I> {
     /// A link that was just heard from (its `Hello`).
-    pub fn new(dead_after: Duration, now: Instant) -> Liveness {
+    pub fn new(dead_after: Duration, now: I) -> Liveness<I> {
         Liveness {
             dead_after,
             last_heard: now,
@@ -45,17 +48,17 @@ impl Liveness {
     }
 
     /// A frame arrived.
-    pub fn heard(&mut self, now: Instant) {
+    pub fn heard(&mut self, now: I) {
         self.last_heard = now;
     }
 
     /// When the last frame arrived.
-    pub fn last_heard(&self) -> Instant {
+    pub fn last_heard(&self) -> I {
         self.last_heard
     }
 
     /// Data is waiting to be written (the clock starts if it was not running).
-    pub fn writing(&mut self, now: Instant) {
+    pub fn writing(&mut self, now: I) {
         self.stuck_since.get_or_insert(now);
     }
 
@@ -72,7 +75,7 @@ impl Liveness {
     }
 
     /// The earliest instant the link could be dead.
-    pub fn deadline(&self) -> Instant {
+    pub fn deadline(&self) -> I {
         let heard = self.last_heard + self.dead_after;
         match self.stuck_since {
             Some(since) => heard.min(since + self.dead_after),
@@ -81,7 +84,7 @@ impl Liveness {
     }
 
     /// Whether the link is dead at `now`.
-    pub fn verdict(&self, now: Instant) -> Option<Death> {
+    pub fn verdict(&self, now: I) -> Option<Death> {
         if now >= self.last_heard + self.dead_after {
             return Some(Death::Silent);
         }
@@ -94,6 +97,8 @@ impl Liveness {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     const DEAD: Duration = Duration::from_secs(3);

@@ -17,6 +17,13 @@
 //! every heartbeat interval and answer with [`Frame::Pong`]. [`Frame::Bye`]
 //! says "I am leaving on purpose": the relay then purges nothing more for that
 //! server (the server cleaned up itself).
+//!
+//! Both ends drive the same I/O-free core: [`handshake`] (the relay's
+//! [`handshake::Challenger`], the server's [`handshake::Joiner`]) and
+//! [`liveness`] (heartbeats, silence and stalled writes).
+
+pub mod handshake;
+pub mod liveness;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -144,6 +151,20 @@ pub enum Frame {
     Pong(u64),
     /// The sender is shutting down on purpose.
     Bye,
+    /// A transient direct message (`TELL`) for the sessions of `user` on
+    /// `to_server`: never stored, forwarded like [`Frame::Deliver`], dropped
+    /// wherever it cannot go. Last, so the frames before it keep their
+    /// encoding.
+    Tell {
+        /// The server that holds the sessions.
+        to_server: String,
+        /// Whose sessions get it (the recipient, or the sender's other devices).
+        user: String,
+        /// A session that must not get it (the sending device).
+        except: Option<SessionId>,
+        /// The message (`id` and `ts` as made by the sender's server).
+        msg: DirectMsg,
+    },
 }
 
 impl Frame {
@@ -155,6 +176,7 @@ impl Frame {
             Frame::Welcome { .. } => "welcome",
             Frame::Refused { .. } => "refused",
             Frame::Deliver { .. } => "deliver",
+            Frame::Tell { .. } => "tell",
             Frame::Interest { .. } => "interest",
             Frame::Room { .. } => "room",
             Frame::Ping(_) => "ping",

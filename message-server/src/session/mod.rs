@@ -1,0 +1,379 @@
+//! One client connection's whole life, in one task: log in, read commands,
+//! write answers and pushes, keep alive, and clean up once at the end.
+//!
+//! This module is the lifecycle only; what each command does is in
+//! `commands`, and the inbox replay (login and `SYNC`) in [`replay`].
+//!
+//! The loop `select!`s over shutdown, a slow-consumer kick, the outbound
+//! queue (fed in a batch, flushed once), the next input, the keep-alive ping
+//! and the idle deadline. A command that needs Redis is awaited in place
+//! (this session waits, no other does); a `SEND` is handed to the router and
+//! answered from there once stored.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::client::{ClientError, Command, Encoding, ErrCode, Event, Reply, Request};
+use shared::link::Frame;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+mod commands;
+pub mod replay;
+
+use crate::conn::{Close, Conn, Input, code};
+use crate::hub::{Out, SessionHandle};
+use crate::limits::{RateLimiter, Verdict};
+use crate::state::{Admission, State};
+
+/// Queued outputs written per flush.
+const WRITE_BATCH: usize = 256;
+
+/// A login asked for at the WebSocket handshake (`/ws?user=..&token=..`).
+#[derive(Debug, Clone, Default)]
+pub struct HandshakeLogin {
+    pub user: String,
+    pub token: Option<String>,
+    pub device: Option<String>,
+}
+
+struct Session {
+    state: Arc<State>,
+    handle: SessionHandle,
+    user: Option<String>,
+    device: String,
+    admin: bool,
+    enc: Encoding,
+    rooms: Vec<String>,
+    /// Pushes of inbox messages up to this seq were already written by a
+    /// replay (login or `SYNC`); skip them when they arrive live.
+    replayed_upto: u64,
+    last_heard: Instant,
+    rate: RateLimiter,
+    /// Jobs handed to the router and not answered yet.
+    pending: usize,
+}
+
+/// What handling one input decided.
+enum Flow {
+    Continue,
+    Close(Close),
+    /// `QUIT`: answer what is still being stored, say `BYE`, close.
+    Quit(Encoding, Option<String>),
+}
+
+/// Runs one connection to its end. `permit` is its place under the cap.
+pub async fn run<C: Conn>(
+    mut conn: C,
+    state: Arc<State>,
+    peer: SocketAddr,
+    login: Option<HandshakeLogin>,
+    admission: Admission,
+) {
+    let (tx, rx) = mpsc::channel(state.limits.session_queue.max(1));
+    let id = state.ids.session();
+    // A debug span: free at the default info level (an info span costs about
+    // 600 bytes per idle connection); the warnings below name the session.
+    let span = tracing::debug_span!("session", server = %state.identity.server_id, session = %id, %peer, user = tracing::field::Empty);
+    let handle = SessionHandle {
+        id,
+        tx,
+        kick: CancellationToken::new(),
+    };
+    let mut session = Session {
+        state: Arc::clone(&state),
+        handle,
+        user: None,
+        device: "default".to_owned(),
+        admin: false,
+        enc: Encoding::Text,
+        rooms: Vec::new(),
+        replayed_upto: 0,
+        last_heard: Instant::now(),
+        rate: RateLimiter::new(state.limits.rate_limit, state.limits.rate_burst),
+        pending: 0,
+    };
+    state.metrics.connections.inc();
+    async {
+        let close = session.serve(&mut conn, rx, login).await;
+        if let Some(close) = close {
+            tracing::debug!(code = close.code, reason = %close.reason, "closing");
+            let _ = Box::pin(tokio::time::timeout(
+                Duration::from_secs(2),
+                conn.close(&close),
+            ))
+            .await;
+        }
+        Box::pin(session.cleanup()).await;
+    }
+    .instrument(span)
+    .await;
+    state.metrics.connections.dec();
+    drop(admission);
+}
+
+impl Session {
+    async fn serve<C: Conn>(
+        &mut self,
+        conn: &mut C,
+        mut rx: mpsc::Receiver<Out>,
+        login: Option<HandshakeLogin>,
+    ) -> Option<Close> {
+        if let Some(l) = login {
+            let req = Request {
+                cmd: Command::Login {
+                    user: l.user,
+                    token: l.token,
+                    device: l.device,
+                },
+                enc: Encoding::Text,
+                cid: None,
+            };
+            if let Flow::Close(c) = Box::pin(self.apply(conn, req)).await {
+                return Some(c);
+            }
+            if self.user.is_none() {
+                let _ = conn.flush().await;
+                return Some(Close::new(
+                    code::POLICY,
+                    Some(ErrCode::Auth),
+                    "login at handshake failed",
+                ));
+            }
+            if conn.flush().await.is_err() {
+                return None;
+            }
+        }
+        // The state, not a copy of the limits: this future lives as long as
+        // the connection, so every byte in it counts.
+        let state = Arc::clone(&self.state);
+        let limits = &state.limits;
+        let max_pending = (limits.session_queue / 2).max(1);
+        let kick = self.handle.kick.clone();
+        let shutdown = self.state.shutdown.clone();
+        let idle = tokio::time::sleep(self.idle_limit());
+        tokio::pin!(idle);
+        let ping = tokio::time::sleep(limits.ping_interval);
+        tokio::pin!(ping);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    return Some(Close::new(code::GOING_AWAY, None, "server shutting down"));
+                }
+                _ = kick.cancelled() => {
+                    return Some(Close::new(code::POLICY, Some(ErrCode::Limit), "too slow: pushes were not read in time"));
+                }
+                out = rx.recv() => {
+                    let out = out?;
+                    if let Err(e) = Box::pin(self.write_batch(conn, out, &mut rx)).await {
+                        tracing::debug!(error = %e, "write failed");
+                        return None;
+                    }
+                }
+                // A client with many sends in flight is not read until their
+                // answers are written: its own replies can never overflow its
+                // queue, and the backpressure reaches its socket.
+                input = conn.recv(), if self.pending < max_pending => {
+                    self.last_heard = Instant::now();
+                    if matches!(input, Input::Text(_) | Input::TooLong | Input::BadUtf8) {
+                        match self.rate.check() {
+                            Verdict::Allow => {}
+                            Verdict::Refuse => {
+                                let err = ClientError::new(ErrCode::Rate, format!(
+                                    "slow down: over {} commands per second; command dropped",
+                                    limits.rate_limit,
+                                ));
+                                let enc = match &input { Input::Text(t) if t.trim_start().starts_with('{') => Encoding::Json, _ => Encoding::Text };
+                                if let Flow::Close(c) = self.answer(conn, enc, None, err.into()).await {
+                                    return Some(c);
+                                }
+                                if conn.flush().await.is_err() {
+                                    return None;
+                                }
+                                continue;
+                            }
+                            Verdict::Close => {
+                                return Some(Close::new(code::POLICY, Some(ErrCode::Rate), "rate limit exceeded again and again"));
+                            }
+                        }
+                    }
+                    let flow = match input {
+                        // Boxed: command handling is the deepest future here, and an
+                        // idle session should not carry its space.
+                        Input::Text(text) => Box::pin(self.input(conn, &text)).await,
+                        Input::TooLong => self.answer(conn, Encoding::Text, None, ClientError::new(
+                            ErrCode::TooLong,
+                            format!("line is over the limit of {} bytes and was skipped", limits.max_message),
+                        ).into()).await,
+                        Input::BadUtf8 => self.answer(conn, Encoding::Text, None, ClientError::new(
+                            ErrCode::Syntax, "line is not valid UTF-8 and was skipped",
+                        ).into()).await,
+                        Input::Activity => Flow::Continue,
+                        Input::Closed => {
+                            // Sends the close reply tungstenite queued, if any.
+                            let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
+                            return None;
+                        }
+                        Input::Fatal(close) => return Some(close),
+                    };
+                    match flow {
+                        Flow::Continue => {}
+                        Flow::Close(c) => return Some(c),
+                        Flow::Quit(enc, cid) => return Some(Box::pin(self.quit(conn, &mut rx, enc, cid)).await),
+                    }
+                    if conn.flush().await.is_err() {
+                        return None;
+                    }
+                }
+                () = &mut ping, if conn.has_ping() => {
+                    if conn.ping().await.is_err() {
+                        return None;
+                    }
+                    ping.as_mut().reset(Instant::now() + limits.ping_interval);
+                }
+                () = &mut idle => {
+                    let deadline = self.last_heard + self.idle_limit();
+                    if Instant::now() >= deadline {
+                        let reason = if self.user.is_some() { "idle timeout" } else { "no login in time" };
+                        return Some(Close::new(code::GOING_AWAY, Some(ErrCode::Limit), reason));
+                    }
+                    idle.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+
+    /// `QUIT`: the answers to sends still being stored come first (for at
+    /// most the write timeout), then `BYE`, then a normal close.
+    async fn quit<C: Conn>(
+        &mut self,
+        conn: &mut C,
+        rx: &mut mpsc::Receiver<Out>,
+        enc: Encoding,
+        cid: Option<String>,
+    ) -> Close {
+        let deadline = Instant::now() + self.state.limits.write_timeout;
+        while self.pending > 0 {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(out)) => {
+                    if self.write_out(conn, out).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let _ = self.answer(conn, enc, cid.as_deref(), Reply::Bye).await;
+        let _ = conn.flush().await;
+        Close::new(code::NORMAL, None, "bye")
+    }
+
+    fn idle_limit(&self) -> Duration {
+        if self.user.is_some() {
+            self.state.limits.idle_timeout
+        } else {
+            self.state
+                .limits
+                .login_timeout
+                .min(self.state.limits.idle_timeout)
+        }
+    }
+
+    /// Writes `first` and whatever else is queued (up to a batch), one flush.
+    async fn write_batch<C: Conn>(
+        &mut self,
+        conn: &mut C,
+        first: Out,
+        rx: &mut mpsc::Receiver<Out>,
+    ) -> Result<(), crate::conn::WriteError> {
+        let write_timeout = self.state.limits.write_timeout;
+        let work = async {
+            self.write_out(conn, first).await?;
+            for _ in 0..WRITE_BATCH {
+                match rx.try_recv() {
+                    Ok(out) => self.write_out(conn, out).await?,
+                    Err(_) => break,
+                }
+            }
+            conn.flush().await
+        };
+        match tokio::time::timeout(write_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => Err(crate::conn::WriteError::timeout()),
+        }
+    }
+
+    async fn write_out<C: Conn>(
+        &mut self,
+        conn: &mut C,
+        out: Out,
+    ) -> Result<(), crate::conn::WriteError> {
+        match out {
+            Out::Reply(line) => {
+                self.pending = self.pending.saturating_sub(1);
+                conn.feed(*line).await
+            }
+            Out::Event(ev) => {
+                if let Event::Direct { seq, .. } = &*ev
+                    && *seq <= self.replayed_upto
+                {
+                    return Ok(());
+                }
+                conn.feed(ev.render(self.enc)).await
+            }
+        }
+    }
+
+    async fn input<C: Conn>(&mut self, conn: &mut C, text: &str) -> Flow {
+        match shared::client::parse(text) {
+            Ok(req) => {
+                self.enc = req.enc;
+                self.apply(conn, req).await
+            }
+            Err((err, enc, cid)) => self.answer(conn, enc, cid.as_deref(), err.into()).await,
+        }
+    }
+
+    async fn answer<C: Conn>(
+        &mut self,
+        conn: &mut C,
+        enc: Encoding,
+        cid: Option<&str>,
+        reply: Reply,
+    ) -> Flow {
+        match conn.feed(reply.render(enc, cid)).await {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Close(Close::new(code::GOING_AWAY, None, "write failed")),
+        }
+    }
+
+    fn user_name(&self) -> String {
+        self.user.clone().unwrap_or_default()
+    }
+
+    /// Once, after the loop: out of the hub and rooms, out of Redis.
+    async fn cleanup(&mut self) {
+        let Some(user) = self.user.take() else { return };
+        let emptied = self.state.hub.remove(&user, self.handle.id, &self.rooms);
+        for room in emptied {
+            self.state
+                .links
+                .tell_all(Frame::Interest { room, on: false });
+        }
+        let removal = self.state.directory.remove_session(&user, self.handle.id);
+        match tokio::time::timeout(Duration::from_secs(3), removal).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(session = %self.handle.id, %user, error = %e, "session entry not removed; the server purge will")
+            }
+            Err(_) => {
+                tracing::warn!(session = %self.handle.id, %user, "session entry removal timed out; the server purge will")
+            }
+        }
+        tracing::debug!("session ended");
+    }
+}
