@@ -1,0 +1,314 @@
+//! The raw layer: one connection to one server, over WebSocket or the line
+//! protocol. Write a line (or a [`Command`]), read the next line or frame,
+//! parse it with `shared`'s grammar. No login, no retries: [`crate::Client`]
+//! builds those on top, and tests use this layer to say exactly what they
+//! mean (including what a well-behaved client never would).
+//!
+//! Reads are cancel-safe ([`Conn::next`] may be raced in a `select!` or
+//! under a timeout without losing a line); every line and frame is bounded
+//! by [`MAX_LINE`].
+
+use std::io;
+
+use futures_util::{SinkExt, StreamExt};
+use shared::client::{Command, Encoding, ServerLine, ServerLineError, parse_server_line};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::codec::{FramedRead, LinesCodec};
+
+use crate::endpoint::Endpoint;
+
+/// Longest line or frame read from a server (a `HELP` text or a long message).
+pub const MAX_LINE: usize = 1 << 20;
+
+/// A WebSocket as this crate opens it.
+pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// What a read saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Incoming {
+    /// A text line (without its line end) or a text frame.
+    Line(String),
+    /// The server closed, or the connection broke. A WebSocket close frame
+    /// gives its code; end of stream and errors give `None`.
+    Closed(Option<u16>),
+}
+
+/// A server at its connection cap, and where it says there is room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Full {
+    /// What the server said.
+    pub message: String,
+    /// Servers with room: `(ws host:port, tcp host:port)`; empty when none.
+    pub alternatives: Vec<(String, String)>,
+    /// The HTTP body as received (WebSocket only).
+    pub body: String,
+}
+
+/// Why a connection could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connection failed (refused, unreachable, ...).
+    #[error("cannot connect to {endpoint}: {source}")]
+    Io {
+        /// Where.
+        endpoint: Endpoint,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The WebSocket handshake failed (other than a 503 at the cap).
+    #[error("websocket handshake with {endpoint} failed: {source}")]
+    Handshake {
+        /// Where.
+        endpoint: Endpoint,
+        /// Why.
+        #[source]
+        source: Box<tungstenite::Error>,
+    },
+    /// The server is at its cap (HTTP 503 with alternatives).
+    #[error("{endpoint} is full: {}", .full.message)]
+    Full {
+        /// Where.
+        endpoint: Endpoint,
+        /// The refusal.
+        full: Full,
+    },
+}
+
+/// Why a write failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// The connection is gone.
+    #[error("write failed: {0}")]
+    Io(#[from] io::Error),
+    /// The WebSocket is gone.
+    #[error("write failed: {0}")]
+    Ws(#[from] Box<tungstenite::Error>),
+    /// A raw WebSocket frame on a line connection, or raw bytes on a WebSocket.
+    #[error("this transport cannot write that")]
+    WrongTransport,
+}
+
+enum Io {
+    Ws(Box<WsStream>),
+    Lines {
+        read: FramedRead<OwnedReadHalf, LinesCodec>,
+        write: OwnedWriteHalf,
+    },
+}
+
+/// One open connection to a server.
+pub struct Conn {
+    io: Io,
+    endpoint: Endpoint,
+}
+
+impl Conn {
+    /// Opens `endpoint`: a TCP connection, and for a WebSocket the handshake.
+    pub async fn connect(endpoint: &Endpoint) -> Result<Conn, ConnectError> {
+        match endpoint {
+            Endpoint::Ws { host, path } => {
+                let url = format!("ws://{host}{path}");
+                let config = WebSocketConfig::default()
+                    .max_message_size(Some(MAX_LINE))
+                    .max_frame_size(Some(MAX_LINE));
+                match tokio_tungstenite::connect_async_with_config(url, Some(config), true).await {
+                    Ok((ws, _)) => Ok(Conn {
+                        io: Io::Ws(Box::new(ws)),
+                        endpoint: endpoint.clone(),
+                    }),
+                    Err(e) => Err(handshake_error(endpoint, e)),
+                }
+            }
+            Endpoint::Tcp { host } => {
+                let stream =
+                    TcpStream::connect(host.as_str())
+                        .await
+                        .map_err(|source| ConnectError::Io {
+                            endpoint: endpoint.clone(),
+                            source,
+                        })?;
+                let _ = stream.set_nodelay(true);
+                let (r, w) = stream.into_split();
+                Ok(Conn {
+                    io: Io::Lines {
+                        read: FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE)),
+                        write: w,
+                    },
+                    endpoint: endpoint.clone(),
+                })
+            }
+        }
+    }
+
+    /// Where this connection goes.
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Writes one line (a text frame over WebSocket, `line\r\n` over TCP).
+    pub async fn send_line(&mut self, line: &str) -> Result<(), WriteError> {
+        match &mut self.io {
+            Io::Ws(ws) => ws
+                .send(Message::text(line))
+                .await
+                .map_err(|e| WriteError::Ws(Box::new(e))),
+            Io::Lines { write, .. } => {
+                let mut buf = Vec::with_capacity(line.len() + 2);
+                buf.extend_from_slice(line.as_bytes());
+                buf.extend_from_slice(b"\r\n");
+                write.write_all(&buf).await.map_err(WriteError::from)
+            }
+        }
+    }
+
+    /// Writes a command in `enc`, with `cid` when it is JSON.
+    pub async fn send_command(
+        &mut self,
+        cmd: &Command,
+        enc: Encoding,
+        cid: Option<&str>,
+    ) -> Result<(), WriteError> {
+        self.send_line(&cmd.render(enc, cid)).await
+    }
+
+    /// Writes any WebSocket message (binary, ping, close, ...).
+    pub async fn send_ws(&mut self, msg: Message) -> Result<(), WriteError> {
+        match &mut self.io {
+            Io::Ws(ws) => ws.send(msg).await.map_err(|e| WriteError::Ws(Box::new(e))),
+            Io::Lines { .. } => Err(WriteError::WrongTransport),
+        }
+    }
+
+    /// Writes raw bytes on a line connection (half lines, bad UTF-8, ...).
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
+        match &mut self.io {
+            Io::Lines { write, .. } => write.write_all(bytes).await.map_err(WriteError::from),
+            Io::Ws(_) => Err(WriteError::WrongTransport),
+        }
+    }
+
+    /// The next line or text frame, or the end. WebSocket pings are
+    /// answered by the library; pongs and binary frames are skipped.
+    /// Cancel-safe.
+    pub async fn next(&mut self) -> Incoming {
+        match &mut self.io {
+            Io::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Incoming::Line(t.to_string()),
+                    Some(Ok(Message::Close(frame))) => {
+                        return Incoming::Closed(frame.map(|f| u16::from(f.code)));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return Incoming::Closed(None),
+                }
+            },
+            Io::Lines { read, .. } => match read.next().await {
+                Some(Ok(line)) => Incoming::Line(line.trim_end_matches('\r').to_owned()),
+                Some(Err(_)) | None => Incoming::Closed(None),
+            },
+        }
+    }
+
+    /// The next line, parsed; `Ok(None)` at the end.
+    pub async fn next_parsed(&mut self) -> Result<Option<ServerLine>, ServerLineError> {
+        match self.next().await {
+            Incoming::Line(l) => parse_server_line(&l).map(Some),
+            Incoming::Closed(_) => Ok(None),
+        }
+    }
+
+    /// Closes politely (a WebSocket close frame, a TCP shutdown).
+    pub async fn close(&mut self) {
+        match &mut self.io {
+            Io::Ws(ws) => {
+                let _ = SinkExt::close(ws).await;
+            }
+            Io::Lines { write, .. } => {
+                let _ = write.shutdown().await;
+            }
+        }
+    }
+}
+
+/// A 503 with a JSON body becomes [`ConnectError::Full`]; anything else
+/// stays the handshake error it is.
+fn handshake_error(endpoint: &Endpoint, e: tungstenite::Error) -> ConnectError {
+    match e {
+        tungstenite::Error::Http(resp) if resp.status().as_u16() == 503 => {
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            ConnectError::Full {
+                endpoint: endpoint.clone(),
+                full: parse_full_body(&body),
+            }
+        }
+        tungstenite::Error::Io(source) => ConnectError::Io {
+            endpoint: endpoint.clone(),
+            source,
+        },
+        e => ConnectError::Handshake {
+            endpoint: endpoint.clone(),
+            source: Box::new(e),
+        },
+    }
+}
+
+/// Reads `{"error":"full","message":..,"servers":[{"ws":..,"tcp":..}]}`.
+pub fn parse_full_body(body: &str) -> Full {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let alternatives = v["servers"]
+        .as_array()
+        .map(|servers| {
+            servers
+                .iter()
+                .filter_map(|s| Some((s["ws"].as_str()?.to_owned(), s["tcp"].as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Full {
+        message: v["message"].as_str().unwrap_or("server is full").to_owned(),
+        alternatives,
+        body: body.to_owned(),
+    }
+}
+
+/// Reads a telnet refusal `ERR full try <host:port>` (`None` for
+/// `try later`, when no server has room).
+pub fn telnet_alternative(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("try ")?;
+    let addr = rest.split_whitespace().next()?;
+    (!addr.ends_with(':') && addr.contains(':')).then(|| addr.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_body_names_alternatives() {
+        let f = parse_full_body(
+            r#"{"error":"full","message":"server a is at its cap","servers":[{"id":"b","ws":"h:2","tcp":"h:3","connections":1}]}"#,
+        );
+        assert_eq!(f.alternatives, vec![("h:2".to_owned(), "h:3".to_owned())]);
+        assert_eq!(f.message, "server a is at its cap");
+        assert!(parse_full_body("not json").alternatives.is_empty());
+    }
+
+    #[test]
+    fn a_telnet_refusal_names_one() {
+        assert_eq!(
+            telnet_alternative("try 127.0.0.1:9102").as_deref(),
+            Some("127.0.0.1:9102")
+        );
+        assert_eq!(telnet_alternative("try later: no server has room"), None);
+    }
+}
