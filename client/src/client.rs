@@ -368,6 +368,8 @@ struct Task {
     own_ids: VecDeque<String>,
     ack_due: u64,
     acked: u64,
+    /// A `SYNC` was refused (storage unavailable): ask again shortly.
+    resync: bool,
     /// Servers to try next, before the configured ones (alternatives).
     preferred: VecDeque<Endpoint>,
     next_server: usize,
@@ -389,6 +391,7 @@ impl Task {
             own_ids: VecDeque::new(),
             ack_due: 0,
             acked: 0,
+            resync: false,
             preferred: VecDeque::new(),
             next_server: 0,
             shutdown: CancellationToken::new(),
@@ -612,6 +615,7 @@ impl Task {
             let join = Command::Join { room };
             self.write(conn, &join, "rejoin").await?;
         }
+        self.resync = false;
         self.pending.retain(|_, p| !p.reply.is_closed());
         for p in self.pending.values() {
             conn.send_command(&p.cmd, Encoding::Json, Some(&p.cid))
@@ -663,6 +667,13 @@ impl Task {
                     }
                 },
                 _ = ack_tick.tick() => {
+                    if std::mem::take(&mut self.resync) && !self.inbox.syncing() {
+                        let pos = self.inbox.start_sync();
+                        let sync = Command::Sync { after: pos.seq, epoch: pos.epoch };
+                        if let Err(end) = self.write(conn, &sync, "sync").await {
+                            return end;
+                        }
+                    }
                     if self.ack_due > self.acked {
                         let ack = Command::Ack { seq: self.ack_due };
                         if let Err(end) = self.write(conn, &ack, "ack").await {
@@ -759,9 +770,9 @@ impl Task {
             }
             (Reply::Bye, _) => return Err(End::Lost("server said BYE".to_owned())),
             (Reply::Error(e), Some("sync")) => {
-                // The sync was refused (storage unavailable): the next gap
-                // asks again.
+                // The sync was refused (storage unavailable): ask again.
                 self.inbox.disconnected();
+                self.resync = true;
                 self.emit(Event::Refused(e.clone())).await;
                 return Ok(());
             }

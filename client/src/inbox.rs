@@ -112,7 +112,8 @@ impl Inbox {
     pub fn synced(&mut self, last: u64, epoch: String) -> Step {
         let mut step = Step::default();
         self.syncing = false;
-        self.pos.epoch = Some(epoch);
+        // A user with no inbox yet has no epoch either.
+        self.pos.epoch = (!epoch.is_empty()).then_some(epoch);
         // Held messages up to `last` that still do not follow: the ones
         // between were not replayed, so they are gone.
         while let Some(entry) = self.held.first_entry() {

@@ -156,6 +156,11 @@ fn parse_text(line: &str) -> Parsed {
             last: num(last)?,
             epoch: (*epoch).to_owned(),
         }),
+        // A user without an inbox yet: no epoch.
+        ("OK", ["SYNC", last]) => reply(Reply::Synced {
+            last: num(last)?,
+            epoch: String::new(),
+        }),
         ("ONLINE", [user, n]) => reply(Reply::Online {
             user: (*user).to_owned(),
             sessions: num(n)?,
