@@ -189,13 +189,17 @@ impl Client {
 
     async fn call(&self, cmd: Command) -> Result<Answer, Error> {
         let (reply, rx) = oneshot::channel();
-        self.ops
-            .send(Op::Request { cmd, reply })
-            .await
-            .map_err(|_| Error::Closed)?;
-        match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(Error::Closed),
+        // The whole call is under the timeout, the wait for room in the
+        // queue (the task may be busy reconnecting) included.
+        let call = async {
+            self.ops
+                .send(Op::Request { cmd, reply })
+                .await
+                .map_err(|_| Error::Closed)?;
+            rx.await.map_err(|_| Error::Closed)?
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(r) => r,
             Err(_) => Err(Error::Timeout(self.timeout)),
         }
     }
@@ -667,6 +671,8 @@ impl Task {
                     }
                 },
                 _ = ack_tick.tick() => {
+                    // Calls whose callers gave up are not answered.
+                    self.pending.retain(|_, p| !p.reply.is_closed());
                     if std::mem::take(&mut self.resync) && !self.inbox.syncing() {
                         let pos = self.inbox.start_sync();
                         let sync = Command::Sync { after: pos.seq, epoch: pos.epoch };
