@@ -827,12 +827,23 @@ impl Task {
         Ok(())
     }
 
+    /// Whether a message of this user's inbox was sent by this client: its
+    /// id came back in an `OK SENT`, or it is a send still waiting for its
+    /// answer (stored before a connection broke, replayed by the `SYNC`
+    /// before the re-sent command is answered).
+    fn is_own(&self, msg: &DirectMsg) -> bool {
+        self.own_ids.contains(&msg.id)
+            || self.pending.values().any(|p| {
+                matches!(&p.cmd, Command::Send { to, text } if *to == msg.to && *text == msg.text)
+            })
+    }
+
     async fn apply(&mut self, conn: &mut Conn, step: Step) -> Result<(), End> {
         for (from, to) in step.lost {
             self.emit(Event::Lost { from, to }).await;
         }
         for (seq, msg) in step.deliver {
-            let own = msg.from == self.cfg.user && self.own_ids.contains(&msg.id);
+            let own = msg.from == self.cfg.user && self.is_own(&msg);
             if !own {
                 self.emit(Event::Message {
                     seq: Some(seq),

@@ -364,3 +364,48 @@ async fn a_refused_token_is_a_typed_error_and_a_good_one_logs_in() {
     let (alice, _events) = Client::connect(good).await.expect("a valid token logs in");
     alice.ping().await.expect("ping");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resumed_from_a_saved_position_gets_only_what_came_after() {
+    let c = Cluster::start(2).await;
+    let (alice, _alice_ev) = Client::connect(config("alice", vec![Endpoint::ws(c.server("a").ws)]))
+        .await
+        .expect("alice");
+    // Bob reads without acknowledging: a later login replays all of it.
+    let mut bob_config = config("bob", vec![Endpoint::tcp(c.server("b").tcp)]);
+    bob_config.auto_ack = false;
+    let (bob, mut bob_ev) = Client::connect(bob_config.clone()).await.expect("bob");
+    for n in 1..=3 {
+        alice.send("bob", &format!("m{n}")).await.expect("stored");
+    }
+    for n in 1..=3 {
+        assert_eq!(next_message(&mut bob_ev).await.2, format!("m{n}"));
+    }
+    let saved = bob.position().await.expect("position");
+    assert_eq!(saved.seq, 3);
+    bob.close().await;
+    next_matching(&mut bob_ev, |ev| {
+        matches!(ev, Event::Stopped { .. }).then_some(())
+    })
+    .await;
+
+    for n in 4..=5 {
+        alice.send("bob", &format!("m{n}")).await.expect("stored");
+    }
+    bob_config.resume = Some(saved);
+    let (_bob, mut bob_ev) = Client::connect(bob_config).await.expect("bob again");
+    assert_eq!(
+        next_message(&mut bob_ev).await,
+        (Some(4), "alice".into(), "m4".into())
+    );
+    assert_eq!(
+        next_message(&mut bob_ev).await,
+        (Some(5), "alice".into(), "m5".into())
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), next_message(&mut bob_ev))
+            .await
+            .is_err(),
+        "nothing before the saved position comes again"
+    );
+}
