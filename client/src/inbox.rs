@@ -14,18 +14,27 @@
 //!   not push back to it): the message is held and a `SYNC <last> <epoch>`
 //!   is asked for, once; its replay fills the hole.
 //!
+//! A number already delivered but with another message id means the inbox
+//! started over under this device (Redis lost it, and live pushes count
+//! from 1 again, which the push does not say): that too asks for a `SYNC`,
+//! whose epoch check answers `ERR gap` and replays the new inbox.
+//!
 //! When `SYNC` ends (`OK SYNC <last> <epoch>`), whatever is still missing up
 //! to `last` can no longer be replayed and is reported as lost, never
 //! skipped silently; `ERR gap` (trimmed, or an inbox that started over)
 //! says the same up front.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use shared::link::DirectMsg;
 
 /// Most out-of-order messages held while a `SYNC` is under way; past it the
 /// newest are dropped (the replay brings them again).
 pub const MAX_HELD: usize = 4096;
+
+/// How many delivered `(seq, message id)` pairs are remembered to tell a
+/// duplicate from a message of an inbox that started over.
+pub const RECENT: usize = 256;
 
 /// Where a device is in its inbox, to resume from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,6 +62,7 @@ pub struct Inbox {
     pos: Position,
     held: BTreeMap<u64, DirectMsg>,
     syncing: bool,
+    recent: VecDeque<(u64, String)>,
 }
 
 impl Inbox {
@@ -62,6 +72,7 @@ impl Inbox {
             pos,
             held: BTreeMap::new(),
             syncing: false,
+            recent: VecDeque::new(),
         }
     }
 
@@ -90,12 +101,18 @@ impl Inbox {
     /// A pushed or replayed direct message numbered `seq`.
     pub fn message(&mut self, seq: u64, msg: DirectMsg) -> Step {
         let mut step = Step::default();
-        if seq <= self.pos.seq || self.held.contains_key(&seq) {
+        if seq <= self.pos.seq {
+            let duplicate = self.recent.iter().any(|(s, id)| *s == seq && *id == msg.id);
+            if !duplicate && !self.syncing {
+                step.sync = Some(self.start_sync());
+            }
+            return step;
+        }
+        if self.held.contains_key(&seq) {
             return step;
         }
         if seq == self.pos.seq + 1 {
-            self.pos.seq = seq;
-            step.deliver.push((seq, msg));
+            self.deliver(&mut step, seq, msg);
             self.drain(&mut step);
             return step;
         }
@@ -126,8 +143,7 @@ impl Inbox {
                 step.lost.push((self.pos.seq + 1, seq - 1));
             }
             if seq > self.pos.seq {
-                self.pos.seq = seq;
-                step.deliver.push((seq, msg));
+                self.deliver(&mut step, seq, msg);
             }
         }
         if last > self.pos.seq {
@@ -151,6 +167,7 @@ impl Inbox {
         if from <= self.pos.seq {
             self.pos.seq = 0;
             self.held.clear();
+            self.recent.clear();
         } else {
             self.pos.seq = self.pos.seq.max(to);
             self.held.retain(|seq, _| *seq > to);
@@ -159,14 +176,23 @@ impl Inbox {
         step
     }
 
+    fn deliver(&mut self, step: &mut Step, seq: u64, msg: DirectMsg) {
+        self.pos.seq = seq;
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, msg.id.clone()));
+        step.deliver.push((seq, msg));
+    }
+
     fn drain(&mut self, step: &mut Step) {
         while let Some(entry) = self.held.first_entry() {
             let seq = *entry.key();
             if seq <= self.pos.seq {
                 entry.remove();
             } else if seq == self.pos.seq + 1 {
-                self.pos.seq = seq;
-                step.deliver.push((seq, entry.remove()));
+                let msg = entry.remove();
+                self.deliver(step, seq, msg);
             } else {
                 break;
             }
@@ -255,6 +281,19 @@ mod tests {
         let step = inbox.synced(4, "e".into());
         assert_eq!(step.lost, [(4, 4)]);
         assert!(step.sync.is_some(), "6 still waits behind 5");
+    }
+
+    #[test]
+    fn an_old_seq_with_a_new_id_means_the_inbox_started_over() {
+        let mut inbox = Inbox::default();
+        inbox.message(1, m(1));
+        inbox.message(2, m(2));
+        // The same seq and id again: a duplicate, nothing to do.
+        assert_eq!(inbox.message(1, m(1)), Step::default());
+        // Seq 1 with another id: the inbox was lost; sync to find out.
+        let mut other = m(1);
+        other.id = "new-1".into();
+        assert!(inbox.message(1, other).sync.is_some());
     }
 
     #[test]

@@ -409,3 +409,49 @@ async fn a_client_resumed_from_a_saved_position_gets_only_what_came_after() {
         "nothing before the saved position comes again"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_lost_with_redis_is_reported_and_the_new_one_delivered() {
+    let mut c = Cluster::start(2).await;
+    let (alice, _alice_ev) = Client::connect(config("alice", vec![Endpoint::ws(c.server("a").ws)]))
+        .await
+        .expect("alice");
+    let (_bob, mut bob_ev) = Client::connect(config("bob", vec![Endpoint::ws(c.server("b").ws)]))
+        .await
+        .expect("bob");
+    for n in 1..=3 {
+        alice.send("bob", &format!("old{n}")).await.expect("stored");
+        assert_eq!(next_message(&mut bob_ev).await.2, format!("old{n}"));
+    }
+    // Redis comes back empty: bob's inbox is gone, and its seqs start over.
+    c.redis.restart(true);
+    eventually(WAIT, || async {
+        (alice.who("bob").await.ok()? == 1).then_some(())
+    })
+    .await
+    .expect("bob's session written again");
+    // Two messages: the server does not push the first live (its seq 1 is
+    // at or below what bob's session has replayed, and the server's check
+    // does not look at the epoch); the second one is pushed.
+    for n in 1..=2 {
+        let new = alice.send("bob", &format!("new{n}")).await.expect("stored");
+        assert_eq!(new.seq, n, "a new inbox");
+    }
+    // Bob's client sees a seq it has delivered, with another id: it syncs,
+    // hears that 1..=3 are gone, and delivers the new inbox.
+    let lost = next_matching(&mut bob_ev, |ev| match ev {
+        Event::Lost { from, to } => Some((from, to)),
+        Event::Message { msg, .. } => panic!("{msg:?} before the loss was reported"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(lost, (1, 3));
+    assert_eq!(
+        next_message(&mut bob_ev).await,
+        (Some(1), "alice".into(), "new1".into())
+    );
+    assert_eq!(
+        next_message(&mut bob_ev).await,
+        (Some(2), "alice".into(), "new2".into())
+    );
+}
