@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::conn::{Conn, ConnectError, Incoming, telnet_alternative};
+use crate::conn::{Conn, ConnectError, Incoming, Tls, telnet_alternative};
 use crate::endpoint::Endpoint;
 use crate::error::Error;
 use crate::inbox::{Inbox, Position, Step};
@@ -37,6 +37,8 @@ pub struct Config {
     pub user: String,
     /// A signed token, when the servers require one.
     pub token: Option<String>,
+    /// TLS for every connection (`wss://`, TLS lines), when set.
+    pub tls: Option<Tls>,
     /// This device's name (its ACK cursor); `None` is the device `default`.
     pub device: Option<String>,
     /// Where this device is in its inbox. `None` (a new device) replays
@@ -68,6 +70,7 @@ impl Config {
             servers,
             user: user.into(),
             token: None,
+            tls: None,
             device: None,
             resume: None,
             auto_ack: true,
@@ -457,7 +460,7 @@ impl Task {
 
     /// Opens `endpoint` and logs in; a full server's alternatives are queued.
     async fn login(&mut self, endpoint: &Endpoint) -> Result<(Conn, SessionId), Error> {
-        let mut conn = match Conn::connect(endpoint).await {
+        let mut conn = match Conn::connect_with(endpoint, self.cfg.tls.as_ref()).await {
             Ok(c) => c,
             Err(ConnectError::Full { full, .. }) => {
                 for (ws, tcp) in &full.alternatives {

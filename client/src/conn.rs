@@ -4,20 +4,24 @@
 //! builds those on top, and tests use this layer to say exactly what they
 //! mean (including what a well-behaved client never would).
 //!
+//! With [`Tls`] the same two transports run over TLS (`wss://`, and the
+//! line port's TLS), trusting what the given rustls config trusts.
+//!
 //! Reads are cancel-safe ([`Conn::next`] may be raced in a `select!` or
 //! under a timeout without losing a line); every line and frame is bounded
 //! by [`MAX_LINE`].
 
 use std::io;
 
+use std::fmt;
+
 use futures_util::{SinkExt, StreamExt};
 use shared::client::{Command, Encoding, ServerLine, ServerLineError, parse_server_line};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::codec::{FramedRead, LinesCodec};
 
 use crate::endpoint::Endpoint;
@@ -25,8 +29,33 @@ use crate::endpoint::Endpoint;
 /// Longest line or frame read from a server (a `HELP` text or a long message).
 pub const MAX_LINE: usize = 1 << 20;
 
+/// A byte stream: plain TCP or TLS over it.
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> ByteStream for T {}
+
+/// TCP or TLS, boxed (one type for both; a client's speed is not in it).
+pub type Stream = Box<dyn ByteStream>;
+
 /// A WebSocket as this crate opens it.
-pub type WsStream = WebSocketStream<MaybeTlsStream<TcpStream>>;
+pub type WsStream = WebSocketStream<Stream>;
+
+/// TLS for a client: whom to trust and the name the servers' certificates
+/// carry. Build the connector with `tls_config::client_config(ca_file)`.
+#[derive(Clone)]
+pub struct Tls {
+    /// The rustls connector (its config holds the trusted roots).
+    pub connector: tls_config::TlsConnector,
+    /// The server name checked against the certificates (`localhost`, ...).
+    pub server_name: tls_config::ServerName<'static>,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
+}
 
 /// What a read saw.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,8 +126,8 @@ pub enum WriteError {
 enum Io {
     Ws(Box<WsStream>),
     Lines {
-        read: FramedRead<OwnedReadHalf, LinesCodec>,
-        write: OwnedWriteHalf,
+        read: FramedRead<ReadHalf<Stream>, LinesCodec>,
+        write: WriteHalf<Stream>,
     },
 }
 
@@ -111,39 +140,55 @@ pub struct Conn {
 impl Conn {
     /// Opens `endpoint`: a TCP connection, and for a WebSocket the handshake.
     pub async fn connect(endpoint: &Endpoint) -> Result<Conn, ConnectError> {
-        match endpoint {
+        Conn::connect_with(endpoint, None).await
+    }
+
+    /// Opens `endpoint`, over TLS when `tls` is given.
+    pub async fn connect_with(
+        endpoint: &Endpoint,
+        tls: Option<&Tls>,
+    ) -> Result<Conn, ConnectError> {
+        let io_error = |source| ConnectError::Io {
+            endpoint: endpoint.clone(),
+            source,
+        };
+        let tcp = TcpStream::connect(endpoint.host())
+            .await
+            .map_err(io_error)?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Stream = match tls {
+            Some(t) => Box::new(
+                t.connector
+                    .connect(t.server_name.clone(), tcp)
+                    .await
+                    .map_err(io_error)?,
+            ),
+            None => Box::new(tcp),
+        };
+        let io = match endpoint {
             Endpoint::Ws { host, path } => {
-                let url = format!("ws://{host}{path}");
+                let scheme = if tls.is_some() { "wss" } else { "ws" };
+                let url = format!("{scheme}://{host}{path}");
                 let config = WebSocketConfig::default()
                     .max_message_size(Some(MAX_LINE))
                     .max_frame_size(Some(MAX_LINE));
-                match tokio_tungstenite::connect_async_with_config(url, Some(config), true).await {
-                    Ok((ws, _)) => Ok(Conn {
-                        io: Io::Ws(Box::new(ws)),
-                        endpoint: endpoint.clone(),
-                    }),
-                    Err(e) => Err(handshake_error(endpoint, e)),
+                match tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await {
+                    Ok((ws, _)) => Io::Ws(Box::new(ws)),
+                    Err(e) => return Err(handshake_error(endpoint, e)),
                 }
             }
-            Endpoint::Tcp { host } => {
-                let stream =
-                    TcpStream::connect(host.as_str())
-                        .await
-                        .map_err(|source| ConnectError::Io {
-                            endpoint: endpoint.clone(),
-                            source,
-                        })?;
-                let _ = stream.set_nodelay(true);
-                let (r, w) = stream.into_split();
-                Ok(Conn {
-                    io: Io::Lines {
-                        read: FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE)),
-                        write: w,
-                    },
-                    endpoint: endpoint.clone(),
-                })
+            Endpoint::Tcp { .. } => {
+                let (r, w) = tokio::io::split(stream);
+                Io::Lines {
+                    read: FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE)),
+                    write: w,
+                }
             }
-        }
+        };
+        Ok(Conn {
+            io,
+            endpoint: endpoint.clone(),
+        })
     }
 
     /// Where this connection goes.

@@ -5,8 +5,9 @@
 //! - [`Conn`], the raw connection: WebSocket (`ws://host:port/ws`) or the
 //!   line protocol (`tcp://host:port`), write a line or a
 //!   [`shared::client::Command`], read the next line, parse it with
-//!   `shared`'s grammar ([`shared::client::parse_server_line`]). Nothing
-//!   more: tests use it to say exactly what they send.
+//!   `shared`'s grammar ([`shared::client::parse_server_line`]), over TLS
+//!   when asked ([`Tls`]). Nothing more: tests use it to say exactly what
+//!   they send.
 //! - [`Client`], a task that owns a connection and keeps it up: login (a
 //!   token, or a bare user name on a server in dev mode), [`Client::send`]
 //!   resolved at `OK SENT` with the message id and seq, rooms, `WHO`,
@@ -50,7 +51,7 @@ pub mod error;
 pub mod inbox;
 
 pub use client::{Client, Config, Event, Sent};
-pub use conn::{Conn, ConnectError, Incoming};
+pub use conn::{Conn, ConnectError, Incoming, Tls};
 pub use endpoint::Endpoint;
 pub use error::Error;
 pub use inbox::Position;

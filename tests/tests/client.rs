@@ -455,3 +455,44 @@ async fn an_inbox_lost_with_redis_is_reported_and_the_new_one_delivered() {
         (Some(2), "alice".into(), "new2".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_both_transports_reach_plain_users_on_another_server() {
+    let dir = tempfile::tempdir().expect("dir");
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).expect("write cert");
+    std::fs::write(&key, ck.signing_key.serialize_pem()).expect("write key");
+    let mut c = Cluster::start(1).await;
+    c.add_server_with("secure", |cfg| {
+        cfg.tls_cert = Some(cert.clone());
+        cfg.tls_key = Some(key.clone());
+    })
+    .await;
+    let secure = c.server("secure");
+    let tls = switchboard_client::Tls {
+        connector: tls_config::TlsConnector::from(
+            tls_config::client_config(&cert).expect("client config"),
+        ),
+        server_name: tls_config::server_name("localhost").expect("name"),
+    };
+    let (plain, mut plain_ev) =
+        Client::connect(config("paul", vec![Endpoint::ws(c.server("a").ws)]))
+            .await
+            .expect("paul");
+    for (user, endpoint) in [
+        ("tess", Endpoint::ws(secure.ws)),
+        ("tina", Endpoint::tcp(secure.tcp)),
+    ] {
+        let mut cfg = config(user, vec![endpoint.clone()]);
+        cfg.tls = Some(tls.clone());
+        let (client, mut events) = Client::connect(cfg).await.expect("login over TLS");
+        client.send("paul", "over tls").await.expect("stored");
+        let (_, from, text) = next_message(&mut plain_ev).await;
+        assert_eq!((from.as_str(), text.as_str()), (user, "over tls"));
+        plain.send(user, "back").await.expect("stored");
+        assert_eq!(next_message(&mut events).await.2, "back");
+        // Without TLS, the same endpoint gets nowhere.
+        assert!(Client::connect(config(user, vec![endpoint])).await.is_err());
+    }
+}
