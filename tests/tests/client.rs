@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use switchboard_client::{Client, Config, Endpoint, Error, Event};
 use switchboard_tests::procs::{RelayProc, ServerProc};
-use switchboard_tests::{Cluster, RedisServer, WsClient, eventually};
+use switchboard_tests::{Cluster, RedisServer, WsClient, eventually, http_get};
 use tokio::sync::mpsc;
 
 /// How long a test waits for an event it expects.
@@ -242,7 +242,13 @@ async fn a_push_dropped_while_the_relay_is_down_is_recovered_by_sync_on_the_gap(
     assert_eq!(next_message(&mut bob_ev).await.2, "one");
 
     relay.proc.kill9();
-    a.proc.wait_line("relay link down", WAIT);
+    // Server a knows its link is gone (its health says degraded).
+    eventually(WAIT, || async {
+        let (status, body) = http_get(a.ws, "/healthz").await;
+        (status == 503 && body.contains("degraded")).then_some(())
+    })
+    .await
+    .expect("server a notices the relay is gone");
     // Stored, but its push has no way to b.
     assert_eq!(alice.send("bob", "two").await.expect("stored").seq, 2);
     assert!(
