@@ -18,6 +18,23 @@
 //!   re-sends unanswered sends with the same `cid`, so each is stored once.
 //!   A full server's alternatives are tried first.
 //!
+//! # What it promises
+//!
+//! - [`Client::send`] resolves once the message is stored. A send cut off
+//!   by a broken connection is written again after the reconnect with the
+//!   same `cid`, and the server stores it once. A call that times out
+//!   ([`Error::Timeout`]) may still have been stored.
+//! - Each direct message comes out of the event queue once, in inbox order.
+//!   A hole that cannot be filled any more (trimmed, or an inbox Redis
+//!   lost) is reported as [`Event::Lost`], never skipped silently. This
+//!   client's own sends, which a `SYNC` replays, are not reported as news.
+//! - Room messages, broadcasts and transient messages ([`Client::tell`],
+//!   which needs a server that knows `TELL`) are at most once.
+//! - A new device ([`Config::resume`] `None`) starts with what its inbox
+//!   holds; keep [`Client::position`] to resume after it instead.
+//! - A full event queue stops the client reading from the server, which in
+//!   the end closes a client that does not keep up: read the events.
+//!
 //! The parts: [`endpoint`] (where), [`conn`] (the raw layer), [`inbox`]
 //! (seq order and gaps, no I/O), [`client`] (the task and its handle),
 //! [`error`] (what fails, typed).
