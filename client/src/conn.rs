@@ -14,10 +14,12 @@
 use std::io;
 
 use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use futures_util::{SinkExt, StreamExt};
 use shared::client::{Command, Encoding, ServerLine, ServerLineError, parse_server_line};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -128,6 +130,8 @@ enum Io {
     Lines {
         read: FramedRead<ReadHalf<Stream>, LinesCodec>,
         write: WriteHalf<Stream>,
+        /// Lines fed and not yet written (see the `Sink` impl).
+        out: Vec<u8>,
     },
 }
 
@@ -165,13 +169,26 @@ impl Conn {
             ),
             None => Box::new(tcp),
         };
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_LINE))
+            .max_frame_size(Some(MAX_LINE));
+        Conn::over(stream, endpoint, tls.is_some(), config).await
+    }
+
+    /// Speaks `endpoint`'s transport over a stream already connected (and,
+    /// when `tls`, already secured): for a WebSocket the handshake with
+    /// `config`. For callers that open their sockets themselves (a load
+    /// tool binding source addresses, say).
+    pub async fn over(
+        stream: Stream,
+        endpoint: &Endpoint,
+        tls: bool,
+        config: WebSocketConfig,
+    ) -> Result<Conn, ConnectError> {
         let io = match endpoint {
             Endpoint::Ws { host, path } => {
-                let scheme = if tls.is_some() { "wss" } else { "ws" };
+                let scheme = if tls { "wss" } else { "ws" };
                 let url = format!("{scheme}://{host}{path}");
-                let config = WebSocketConfig::default()
-                    .max_message_size(Some(MAX_LINE))
-                    .max_frame_size(Some(MAX_LINE));
                 match tokio_tungstenite::client_async_with_config(url, stream, Some(config)).await {
                     Ok((ws, _)) => Io::Ws(Box::new(ws)),
                     Err(e) => return Err(handshake_error(endpoint, e)),
@@ -182,6 +199,7 @@ impl Conn {
                 Io::Lines {
                     read: FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LINE)),
                     write: w,
+                    out: Vec::new(),
                 }
             }
         };
@@ -198,18 +216,7 @@ impl Conn {
 
     /// Writes one line (a text frame over WebSocket, `line\r\n` over TCP).
     pub async fn send_line(&mut self, line: &str) -> Result<(), WriteError> {
-        match &mut self.io {
-            Io::Ws(ws) => ws
-                .send(Message::text(line))
-                .await
-                .map_err(|e| WriteError::Ws(Box::new(e))),
-            Io::Lines { write, .. } => {
-                let mut buf = Vec::with_capacity(line.len() + 2);
-                buf.extend_from_slice(line.as_bytes());
-                buf.extend_from_slice(b"\r\n");
-                write.write_all(&buf).await.map_err(WriteError::from)
-            }
-        }
+        SinkExt::send(self, line.to_owned()).await
     }
 
     /// Writes a command in `enc`, with `cid` when it is JSON.
@@ -225,7 +232,9 @@ impl Conn {
     /// Writes any WebSocket message (binary, ping, close, ...).
     pub async fn send_ws(&mut self, msg: Message) -> Result<(), WriteError> {
         match &mut self.io {
-            Io::Ws(ws) => ws.send(msg).await.map_err(|e| WriteError::Ws(Box::new(e))),
+            Io::Ws(ws) => SinkExt::send(ws, msg)
+                .await
+                .map_err(|e| WriteError::Ws(Box::new(e))),
             Io::Lines { .. } => Err(WriteError::WrongTransport),
         }
     }
@@ -233,30 +242,35 @@ impl Conn {
     /// Writes raw bytes on a line connection (half lines, bad UTF-8, ...).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
         match &mut self.io {
-            Io::Lines { write, .. } => write.write_all(bytes).await.map_err(WriteError::from),
-            Io::Ws(_) => Err(WriteError::WrongTransport),
+            Io::Lines { out, .. } => out.extend_from_slice(bytes),
+            Io::Ws(_) => return Err(WriteError::WrongTransport),
         }
+        SinkExt::<String>::flush(self).await
     }
 
     /// The next line or text frame, or the end. WebSocket pings are
     /// answered by the library; pongs and binary frames are skipped.
     /// Cancel-safe.
     pub async fn next(&mut self) -> Incoming {
+        std::future::poll_fn(|cx| self.poll_incoming(cx)).await
+    }
+
+    fn poll_incoming(&mut self, cx: &mut Context<'_>) -> Poll<Incoming> {
         match &mut self.io {
             Io::Ws(ws) => loop {
-                match ws.next().await {
-                    Some(Ok(Message::Text(t))) => return Incoming::Line(t.to_string()),
+                return Poll::Ready(match ready!(ws.poll_next_unpin(cx)) {
+                    Some(Ok(Message::Text(t))) => Incoming::Line(t.to_string()),
                     Some(Ok(Message::Close(frame))) => {
-                        return Incoming::Closed(frame.map(|f| u16::from(f.code)));
+                        Incoming::Closed(frame.map(|f| u16::from(f.code)))
                     }
                     Some(Ok(_)) => continue,
-                    Some(Err(_)) | None => return Incoming::Closed(None),
-                }
+                    Some(Err(_)) | None => Incoming::Closed(None),
+                });
             },
-            Io::Lines { read, .. } => match read.next().await {
+            Io::Lines { read, .. } => Poll::Ready(match ready!(read.poll_next_unpin(cx)) {
                 Some(Ok(line)) => Incoming::Line(line.trim_end_matches('\r').to_owned()),
                 Some(Err(_)) | None => Incoming::Closed(None),
-            },
+            }),
         }
     }
 
@@ -270,12 +284,90 @@ impl Conn {
 
     /// Closes politely (a WebSocket close frame, a TCP shutdown).
     pub async fn close(&mut self) {
-        match &mut self.io {
-            Io::Ws(ws) => {
-                let _ = SinkExt::close(ws).await;
+        let _ = SinkExt::<String>::close(self).await;
+    }
+}
+
+/// Lines and text frames; the stream ends when the connection does.
+impl futures_util::Stream for Conn {
+    type Item = String;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<String>> {
+        self.get_mut().poll_incoming(cx).map(|i| match i {
+            Incoming::Line(l) => Some(l),
+            Incoming::Closed(_) => None,
+        })
+    }
+}
+
+/// Most bytes of fed lines held before they are written.
+const OUT_BATCH: usize = 64 * 1024;
+
+/// Writes what `out` holds.
+fn poll_write_out(
+    write: &mut WriteHalf<Stream>,
+    out: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<(), WriteError>> {
+    while !out.is_empty() {
+        let n = ready!(Pin::new(&mut *write).poll_write(cx, out))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero).into()));
+        }
+        out.drain(..n);
+    }
+    Poll::Ready(Ok(()))
+}
+
+/// Lines (text frames) out: `feed` many, `flush` once.
+impl futures_util::Sink<String> for Conn {
+    type Error = WriteError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        match &mut self.get_mut().io {
+            Io::Ws(ws) => ws
+                .poll_ready_unpin(cx)
+                .map_err(|e| WriteError::Ws(Box::new(e))),
+            Io::Lines { write, out, .. } if out.len() >= OUT_BATCH => {
+                poll_write_out(write, out, cx)
             }
-            Io::Lines { write, .. } => {
-                let _ = write.shutdown().await;
+            Io::Lines { .. } => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn start_send(self: Pin<&mut Self>, line: String) -> Result<(), WriteError> {
+        match &mut self.get_mut().io {
+            Io::Ws(ws) => ws
+                .start_send_unpin(Message::text(line))
+                .map_err(|e| WriteError::Ws(Box::new(e))),
+            Io::Lines { out, .. } => {
+                out.extend_from_slice(line.as_bytes());
+                out.extend_from_slice(b"\r\n");
+                Ok(())
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        match &mut self.get_mut().io {
+            Io::Ws(ws) => ws
+                .poll_flush_unpin(cx)
+                .map_err(|e| WriteError::Ws(Box::new(e))),
+            Io::Lines { write, out, .. } => {
+                ready!(poll_write_out(write, out, cx))?;
+                Pin::new(write).poll_flush(cx).map_err(WriteError::from)
+            }
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), WriteError>> {
+        match &mut self.get_mut().io {
+            Io::Ws(ws) => ws
+                .poll_close_unpin(cx)
+                .map_err(|e| WriteError::Ws(Box::new(e))),
+            Io::Lines { write, out, .. } => {
+                ready!(poll_write_out(write, out, cx))?;
+                Pin::new(write).poll_shutdown(cx).map_err(WriteError::from)
             }
         }
     }
