@@ -5,9 +5,12 @@
 //! telnet port, newline-delimited lines), and the login (Switchboard) or
 //! namespace connect (Socket.IO).
 //!
-//! Either way a [`Conn`] is a stream of text frames in and a sink of text
-//! frames out; over TCP, Switchboard is spoken in the same JSON, one object
-//! per line (its grammar answers in the encoding it is spoken to).
+//! Switchboard connections are the client crate's raw connection
+//! ([`switchboard_client::Conn`], over the socket bound here); Socket.IO's
+//! is a WebSocket spoken here. Either way a [`Conn`] is a stream of text
+//! frames in and a sink of text frames out; over TCP, Switchboard is spoken
+//! in the same JSON, one object per line (its grammar answers in the
+//! encoding it is spoken to).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -18,16 +21,13 @@ use std::time::Duration;
 
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
+use switchboard_client::Endpoint;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
-use tokio_util::codec::{Framed, LinesCodec, LinesCodecError};
 
 use crate::proto::{self, Incoming, System};
-
-/// Longest line the tool accepts over TCP (a sync replay line is small).
-const MAX_LINE: usize = 1 << 20;
 
 /// How clients reach the servers.
 #[derive(
@@ -44,17 +44,17 @@ pub enum Transport {
 
 /// A logged-in client connection: text frames in, text frames out.
 pub enum Conn {
-    /// A WebSocket connection.
-    Ws(Box<WebSocketStream<TcpStream>>),
-    /// A line-per-frame TCP connection.
-    Lines(Box<Framed<TcpStream, LinesCodec>>),
+    /// Switchboard (WebSocket or lines), through the client crate.
+    Switchboard(Box<switchboard_client::Conn>),
+    /// Socket.IO's WebSocket transport.
+    Socketio(Box<WebSocketStream<TcpStream>>),
 }
 
 /// One text frame (WebSocket) or line (TCP) that was read.
 pub enum Text {
     /// A WebSocket text frame, not copied.
     Frame(Utf8Bytes),
-    /// A line, without its newline.
+    /// A line or frame from a Switchboard connection.
     Line(String),
 }
 
@@ -75,9 +75,9 @@ pub enum ConnError {
     /// The WebSocket failed.
     #[error(transparent)]
     Ws(#[from] tungstenite::Error),
-    /// The TCP line stream failed (or a line was too long).
+    /// The Switchboard connection failed.
     #[error(transparent)]
-    Lines(#[from] LinesCodecError),
+    Switchboard(#[from] switchboard_client::conn::WriteError),
 }
 
 impl Stream for Conn {
@@ -87,7 +87,7 @@ impl Stream for Conn {
     /// (the library answers pings), and a close ends the stream.
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         match self.get_mut() {
-            Conn::Ws(ws) => loop {
+            Conn::Socketio(ws) => loop {
                 return Poll::Ready(match ready!(ws.poll_next_unpin(cx)) {
                     Some(Ok(Message::Text(t))) => Some(Ok(Text::Frame(t))),
                     Some(Ok(Message::Close(_))) | None => None,
@@ -95,9 +95,7 @@ impl Stream for Conn {
                     Some(Err(e)) => Some(Err(e.into())),
                 });
             },
-            Conn::Lines(l) => l
-                .poll_next_unpin(cx)
-                .map(|o| o.map(|r| r.map(Text::Line).map_err(ConnError::from))),
+            Conn::Switchboard(c) => c.poll_next_unpin(cx).map(|o| o.map(|l| Ok(Text::Line(l)))),
         }
     }
 }
@@ -107,34 +105,34 @@ impl Sink<String> for Conn {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
         match self.get_mut() {
-            Conn::Ws(ws) => ws.poll_ready_unpin(cx).map_err(Into::into),
-            Conn::Lines(l) => {
-                Sink::<String>::poll_ready(Pin::new(&mut **l), cx).map_err(Into::into)
+            Conn::Socketio(ws) => ws.poll_ready_unpin(cx).map_err(Into::into),
+            Conn::Switchboard(c) => {
+                Sink::<String>::poll_ready(Pin::new(&mut **c), cx).map_err(Into::into)
             }
         }
     }
 
     fn start_send(self: Pin<&mut Self>, item: String) -> Result<(), ConnError> {
         match self.get_mut() {
-            Conn::Ws(ws) => ws.start_send_unpin(Message::text(item)).map_err(Into::into),
-            Conn::Lines(l) => Pin::new(&mut **l).start_send(item).map_err(Into::into),
+            Conn::Socketio(ws) => ws.start_send_unpin(Message::text(item)).map_err(Into::into),
+            Conn::Switchboard(c) => Pin::new(&mut **c).start_send(item).map_err(Into::into),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
         match self.get_mut() {
-            Conn::Ws(ws) => ws.poll_flush_unpin(cx).map_err(Into::into),
-            Conn::Lines(l) => {
-                Sink::<String>::poll_flush(Pin::new(&mut **l), cx).map_err(Into::into)
+            Conn::Socketio(ws) => ws.poll_flush_unpin(cx).map_err(Into::into),
+            Conn::Switchboard(c) => {
+                Sink::<String>::poll_flush(Pin::new(&mut **c), cx).map_err(Into::into)
             }
         }
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), ConnError>> {
         match self.get_mut() {
-            Conn::Ws(ws) => ws.poll_close_unpin(cx).map_err(Into::into),
-            Conn::Lines(l) => {
-                Sink::<String>::poll_close(Pin::new(&mut **l), cx).map_err(Into::into)
+            Conn::Socketio(ws) => ws.poll_close_unpin(cx).map_err(Into::into),
+            Conn::Switchboard(c) => {
+                Sink::<String>::poll_close(Pin::new(&mut **c), cx).map_err(Into::into)
             }
         }
     }
@@ -154,7 +152,7 @@ pub enum ConnectError {
         #[source]
         error: io::Error,
     },
-    /// The WebSocket handshake failed (a 503 at the server's cap lands here).
+    /// The Socket.IO WebSocket handshake failed.
     #[error("websocket handshake with {server}: {error}")]
     Handshake {
         /// The server.
@@ -163,6 +161,9 @@ pub enum ConnectError {
         #[source]
         error: Box<tungstenite::Error>,
     },
+    /// The Switchboard handshake failed (a 503 at the server's cap lands here).
+    #[error(transparent)]
+    Switchboard(#[from] switchboard_client::ConnectError),
     /// The server refused the login or the namespace connect.
     #[error("login of {user} refused: {reply}")]
     Refused {
@@ -245,8 +246,22 @@ impl Dialer {
                 from,
                 error,
             })?;
-        let mut conn = match self.transport {
-            Transport::Ws => {
+        let mut conn = match (self.system, self.transport) {
+            (System::Switchboard | System::SwitchboardTell, transport) => {
+                let host = server.to_string();
+                let endpoint = match transport {
+                    Transport::Ws => Endpoint::Ws {
+                        host,
+                        path: self.system.path(user),
+                    },
+                    Transport::Tcp => Endpoint::Tcp { host },
+                };
+                let conn =
+                    switchboard_client::Conn::over(Box::new(tcp), &endpoint, false, self.config)
+                        .await?;
+                Conn::Switchboard(Box::new(conn))
+            }
+            (System::Socketio, _) => {
                 let url = format!("ws://{server}{}", self.system.path(user));
                 let (ws, _) =
                     tokio_tungstenite::client_async_with_config(url, tcp, Some(self.config))
@@ -255,12 +270,8 @@ impl Dialer {
                             server,
                             error: Box::new(error),
                         })?;
-                Conn::Ws(Box::new(ws))
+                Conn::Socketio(Box::new(ws))
             }
-            Transport::Tcp => Conn::Lines(Box::new(Framed::new(
-                tcp,
-                LinesCodec::new_with_max_length(MAX_LINE),
-            ))),
         };
         match tokio::time::timeout(self.timeout, login(self.system, &mut conn, user)).await {
             Ok(Ok(())) => Ok(conn),

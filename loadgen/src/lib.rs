@@ -7,10 +7,12 @@
 //!
 //! The parts:
 //! - [`target`]: what a run drives (system, servers, sources, processes).
-//! - [`proto`]: the two wire protocols (Switchboard JSON, Socket.IO's
-//!   WebSocket transport by hand) and the stamped message text.
+//! - [`proto`]: the two wire protocols (Switchboard JSON through `shared`'s
+//!   client grammar, Socket.IO's WebSocket transport by hand) and the
+//!   stamped message text.
 //! - [`conn`]: one connection (WebSocket, or lines over Switchboard's
-//!   telnet port): bind a source address, handshake, log in.
+//!   telnet port): bind a source address, handshake (Switchboard through
+//!   the client crate's raw connection), log in.
 //! - [`traffic`]: one open-loop run of user pairs at a fixed rate, and the
 //!   account of every message (delivered, recovered by `sync`, lost).
 //! - [`idle`]: many idle connections, memory per connection.

@@ -1,17 +1,17 @@
-//! Real clients for the tests: a WebSocket client (tokio-tungstenite, the
-//! same library a Rust SDK would use) and a telnet-like TCP line client.
-//! Every read has a deadline ([`crate::WAIT`]).
+//! Real clients for the tests: a WebSocket client and a telnet-like TCP
+//! line client, both thin wrappers over the client crate's raw connection
+//! ([`switchboard_client::Conn`], tokio-tungstenite underneath), plus
+//! [`RawWs`] for bytes no library would send. Every read has a deadline
+//! ([`crate::WAIT`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use switchboard_client::conn::{ConnectError, WriteError};
+use switchboard_client::{Conn, Endpoint, Incoming};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::tungstenite::{self, Message};
 
 use crate::WAIT;
 
@@ -54,29 +54,51 @@ pub trait LineClient {
 
 impl LineClient for WsClient {
     fn next_within(&mut self, limit: Duration) -> impl std::future::Future<Output = Seen> {
-        self.next_frame(limit)
+        next_seen(&mut self.conn, limit)
     }
 }
 
 impl LineClient for TcpClient {
     fn next_within(&mut self, limit: Duration) -> impl std::future::Future<Output = Seen> {
-        self.next_line(limit)
+        next_seen(&mut self.conn, limit)
+    }
+}
+
+/// The next line, a close, or a timeout (reads are cancel-safe).
+async fn next_seen(conn: &mut Conn, limit: Duration) -> Seen {
+    match tokio::time::timeout(limit, conn.next()).await {
+        Err(_) => Seen::Timeout,
+        Ok(Incoming::Line(l)) => Seen::Line(l),
+        Ok(Incoming::Closed(code)) => Seen::Closed(code),
     }
 }
 
 /// A WebSocket client.
 pub struct WsClient {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    conn: Conn,
 }
 
 impl WsClient {
     /// Connects to `ws://addr{path}` (path like `/ws` or `/ws?user=alice`).
-    pub async fn connect(
-        addr: SocketAddr,
-        path: &str,
-    ) -> Result<WsClient, tokio_tungstenite::tungstenite::Error> {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}{path}")).await?;
-        Ok(WsClient { ws })
+    /// A refusal is tungstenite's error, as a WebSocket library reports it
+    /// (a 503 at the cap is `Error::Http` with the JSON body).
+    pub async fn connect(addr: SocketAddr, path: &str) -> Result<WsClient, tungstenite::Error> {
+        let endpoint = Endpoint::Ws {
+            host: addr.to_string(),
+            path: path.to_owned(),
+        };
+        match Conn::connect(&endpoint).await {
+            Ok(conn) => Ok(WsClient { conn }),
+            Err(ConnectError::Full { full, .. }) => {
+                let resp = tungstenite::http::Response::builder()
+                    .status(503)
+                    .body(Some(full.body.into_bytes()))
+                    .map_err(tungstenite::Error::HttpFormat)?;
+                Err(tungstenite::Error::Http(Box::new(resp)))
+            }
+            Err(ConnectError::Handshake { source, .. }) => Err(*source),
+            Err(ConnectError::Io { source, .. }) => Err(tungstenite::Error::Io(source)),
+        }
     }
 
     /// Connects and logs in with `LOGIN <user>`, returning the client after `OK LOGIN`.
@@ -89,32 +111,16 @@ impl WsClient {
 
     /// Sends one text frame.
     pub async fn send(&mut self, text: &str) {
-        self.ws.send(Message::text(text)).await.expect("ws send");
+        self.conn.send_line(text).await.expect("ws send");
     }
 
     /// Sends any frame (binary, raw, ...); errors are returned, not panicked on.
-    pub async fn send_message(
-        &mut self,
-        msg: Message,
-    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        self.ws.send(msg).await
-    }
-
-    /// The next text frame, a close, or a timeout after `limit`.
-    async fn next_frame(&mut self, limit: Duration) -> Seen {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let next = tokio::time::timeout_at(deadline, self.ws.next()).await;
-            match next {
-                Err(_) => return Seen::Timeout,
-                Ok(None) => return Seen::Closed(None),
-                Ok(Some(Err(_))) => return Seen::Closed(None),
-                Ok(Some(Ok(Message::Text(t)))) => return Seen::Line(t.to_string()),
-                Ok(Some(Ok(Message::Close(frame)))) => {
-                    return Seen::Closed(frame.map(|f: CloseFrame| u16::from(f.code)));
-                }
-                Ok(Some(Ok(_))) => continue,
-            }
+    pub async fn send_message(&mut self, msg: Message) -> Result<(), tungstenite::Error> {
+        match self.conn.send_ws(msg).await {
+            Ok(()) => Ok(()),
+            Err(WriteError::Ws(e)) => Err(*e),
+            Err(WriteError::Io(e)) => Err(tungstenite::Error::Io(e)),
+            Err(WriteError::WrongTransport) => Err(tungstenite::Error::ConnectionClosed),
         }
     }
 
@@ -132,19 +138,16 @@ impl WsClient {
 
 /// A telnet-like client: lines in, lines out.
 pub struct TcpClient {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    conn: Conn,
 }
 
 impl TcpClient {
     /// Connects.
     pub async fn connect(addr: SocketAddr) -> TcpClient {
-        let stream = TcpStream::connect(addr).await.expect("tcp connect");
-        let (r, w) = stream.into_split();
-        TcpClient {
-            reader: BufReader::new(r),
-            writer: w,
-        }
+        let conn = Conn::connect(&Endpoint::tcp(addr))
+            .await
+            .expect("tcp connect");
+        TcpClient { conn }
     }
 
     /// Connects and logs in.
@@ -157,22 +160,12 @@ impl TcpClient {
 
     /// Writes one line (a newline is added).
     pub async fn send(&mut self, line: &str) {
-        self.send_raw(format!("{line}\r\n").as_bytes()).await;
+        let _ = self.conn.send_line(line).await;
     }
 
     /// Writes raw bytes.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        let _ = self.writer.write_all(bytes).await;
-    }
-
-    /// The next line, end of stream, or a timeout after `limit`.
-    async fn next_line(&mut self, limit: Duration) -> Seen {
-        let mut line = String::new();
-        match tokio::time::timeout(limit, self.reader.read_line(&mut line)).await {
-            Err(_) => Seen::Timeout,
-            Ok(Ok(0)) | Ok(Err(_)) => Seen::Closed(None),
-            Ok(Ok(_)) => Seen::Line(line.trim_end_matches(['\r', '\n']).to_owned()),
-        }
+        let _ = self.conn.send_raw(bytes).await;
     }
 
     /// Reads until the server closes the connection.

@@ -8,12 +8,18 @@
 //!
 //! - [`command`]: parsing input into a [`Request`];
 //! - [`reply`]: rendering [`Reply`]s (answers) and [`Event`]s (pushes).
+//!
+//! The client's side of the same grammar: [`compose`] renders a
+//! [`Command`], [`server_line`] parses what a server says.
 
 pub mod command;
+pub mod compose;
 pub mod reply;
+pub mod server_line;
 
 pub use command::{Command, Request, parse};
 pub use reply::{ClientError, ErrCode, Event, Reply};
+pub use server_line::{ServerLine, ServerLineError, parse_server_line};
 
 /// How a command was spoken, and so how it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
