@@ -26,7 +26,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -77,9 +76,9 @@ pub enum RelayError {
     /// The link secret file holds nothing (which would silently mean "no secret").
     #[error("link secret file {0} is empty")]
     EmptySecret(PathBuf),
-    /// The Redis URL is not one.
-    #[error("invalid redis url: {0}")]
-    Redis(#[source] redis::RedisError),
+    /// The Redis flags do not describe a usable Redis.
+    #[error("{0}")]
+    Redis(#[source] redis_store::StoreError),
 }
 
 /// State shared by every task of one running relay.
@@ -89,8 +88,7 @@ pub(crate) struct Ctx {
     pub(crate) secret: Vec<u8>,
     pub(crate) routes: routes::Routes,
     pub(crate) metrics: Metrics,
-    pub(crate) redis: ConnectionManager,
-    pub(crate) scripts: purge::Scripts,
+    pub(crate) redis: redis_store::Redis,
     /// Cancelled when the relay stops.
     pub(crate) shutdown: CancellationToken,
     /// Every task of this relay, to wait for at shutdown.
@@ -107,7 +105,7 @@ pub struct Bound {
     admin: TcpListener,
     link_addr: SocketAddr,
     admin_addr: SocketAddr,
-    redis: ConnectionManager,
+    redis: redis_store::Redis,
     metrics: Metrics,
     tls: Option<tls_config::TlsAcceptor>,
 }
@@ -208,7 +206,6 @@ impl Bound {
             routes: routes::Routes::new(),
             metrics: self.metrics,
             redis: self.redis,
-            scripts: purge::Scripts::new(),
             shutdown: shutdown.child_token(),
             tracker: TaskTracker::new(),
             tls: self.tls,

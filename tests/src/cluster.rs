@@ -102,7 +102,7 @@ impl Relay {
     /// A relay with default settings on `redis`.
     pub async fn start_default(redis: &str) -> Relay {
         let config = relay_server::Config {
-            redis: redis.to_owned(),
+            redis: redis_store::RedisArgs::single(redis),
             ..relay_server::Config::default()
         };
         Relay::start(config).await

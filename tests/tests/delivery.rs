@@ -139,7 +139,7 @@ async fn a_retried_send_with_the_same_cid_is_stored_once() {
     assert_eq!(again["seq"], first["seq"]);
     let mut conn = c.redis.conn();
     let len: u64 = redis::cmd("XLEN")
-        .arg("sb:inbox:bob")
+        .arg("sb:{u:bob}:inbox")
         .query(&mut conn)
         .expect("xlen");
     assert_eq!(len, 1, "bob's inbox holds the message once");
