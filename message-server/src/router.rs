@@ -197,25 +197,24 @@ impl Router {
             seq_from,
             to_servers,
             from_servers,
-            to_fresh,
-            from_fresh,
+            ..
         } = stored;
         let reply = Reply::Sent {
             id: msg.id.clone(),
             seq: seq_to,
         };
+        // A retry of a stored send is pushed again: its first attempt may
+        // have stored it without pushing (a crash, or replicas too slow).
+        // Devices drop a seq they hold already.
         if duplicate {
-            // Stored (and pushed) the first time; the retry only needs its answer.
             self.metrics.deduplicated.inc();
-            origin.answer(reply, &self.metrics);
-            return;
+        } else {
+            self.metrics.stored.inc();
         }
-        self.metrics.stored.inc();
         let me = origin.session.id;
         let note_to_self = msg.from == msg.to;
         // The recipient's devices (for a note to self: every other device).
-        // A half that a retry found stored was pushed when it was stored.
-        if to_fresh {
+        {
             let to_except = note_to_self.then_some(me);
             let to_event = Arc::new(Event::Direct {
                 seq: seq_to,
@@ -235,7 +234,7 @@ impl Router {
             }
         }
         // The sender's other devices get their copy, with its seq in the sender's inbox.
-        if !note_to_self && from_fresh {
+        if !note_to_self {
             let from_event = Arc::new(Event::Direct {
                 seq: seq_from,
                 msg: msg.clone(),

@@ -341,3 +341,130 @@ async fn the_session_cap_holds_across_servers_over_one_redis() {
 async fn the_session_cap_holds_across_servers_over_a_redis_cluster() {
     the_session_cap_holds_across_servers(RedisKind::Cluster).await;
 }
+
+/// Sends `n` messages from `from` to `to`, each with its own cid, retrying
+/// a message (same cid) until it is acknowledged. Calls `mid` once after
+/// the `at`-th acknowledgement. Returns each message's (id, seq) and the
+/// longest time between a failed attempt and the next success.
+async fn send_through(
+    client: &mut WsClient,
+    to: &str,
+    n: usize,
+    at: usize,
+    mut mid: impl FnMut(),
+) -> (Vec<(String, u64)>, Duration) {
+    let mut acked = Vec::new();
+    let mut worst = Duration::ZERO;
+    for k in 1..=n {
+        let line = format!(r#"{{"op":"send","to":"{to}","text":"m{k}","cid":"k{k}"}}"#);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut failed_at: Option<tokio::time::Instant> = None;
+        loop {
+            client.send(&line).await;
+            let reply = client.expect_prefix("{\"type\":\"").await;
+            let v: serde_json::Value = serde_json::from_str(&reply).expect("json");
+            if v["type"] == "sent" {
+                let id = v["id"].as_str().expect("id").to_owned();
+                acked.push((id, v["seq"].as_u64().expect("seq")));
+                if let Some(t) = failed_at {
+                    worst = worst.max(t.elapsed());
+                }
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "message {k} never acknowledged: {reply}"
+            );
+            failed_at.get_or_insert_with(tokio::time::Instant::now);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if k == at {
+            mid();
+        }
+    }
+    (acked, worst)
+}
+
+/// Reads `user`'s whole inbox from a new device (its login replays from
+/// cursor 0): (seq, text) in order.
+async fn inbox_of(addr: std::net::SocketAddr, user: &str) -> Vec<(u64, String)> {
+    let mut client = WsClient::login(addr, user).await;
+    client.send("PING").await;
+    let mut out = Vec::new();
+    loop {
+        let line = client.recv().await;
+        if line == "PONG" {
+            return out;
+        }
+        if line.starts_with("MSG ") {
+            let (seq, _, _, _, text) = parse_msg(&line);
+            out.push((seq, text));
+        }
+    }
+}
+
+/// Each acknowledged message once, seqs dense from 1, in send order.
+fn assert_dense_once(inbox: &[(u64, String)], n: usize, who: &str) {
+    let seqs: Vec<u64> = inbox.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "{who}'s inbox seqs"
+    );
+    let texts: Vec<String> = inbox.iter().map(|(_, t)| t.clone()).collect();
+    let want: Vec<String> = (1..=n).map(|k| format!("m{k}")).collect();
+    assert_eq!(
+        texts, want,
+        "{who}'s inbox holds every message once, in order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_master_killed_mid_stream_loses_no_acknowledged_message() {
+    let mut c = Cluster::start_over(RedisKind::Cluster, 2, |cfg| {
+        cfg.redis.replica_acks = 1;
+        cfg.redis.replica_timeout = Duration::from_millis(500);
+    })
+    .await;
+    let TestRedis::Cluster(cluster) = &mut c.redis else {
+        unreachable!("started over a cluster")
+    };
+    let victim = cluster.master_of(&keys::inbox("bob"));
+    let victim_port = cluster.nodes[victim].port();
+    let mut alice = WsClient::login(c.server("a").ws, "alice").await;
+    let mut bob = WsClient::login(c.server("b").ws, "bob").await;
+    let killed_at = std::sync::Mutex::new(None);
+    let (acked, worst) = send_through(&mut alice, "bob", 60, 20, || {
+        let TestRedis::Cluster(cluster) = &mut c.redis else {
+            return;
+        };
+        cluster.nodes[victim].kill();
+        *killed_at.lock().expect("lock") = Some(std::time::Instant::now());
+        // Its replica takes over; the old master comes back as a replica,
+        // so that writes there can be acknowledged by one replica again.
+        cluster.wait_ok(Duration::from_secs(30));
+        cluster.nodes[victim].restart(false);
+    })
+    .await;
+    eprintln!(
+        "cluster failover: master :{victim_port} killed; longest send outage {worst:?} (includes waiting for the failover in the test)"
+    );
+    assert_eq!(acked.len(), 60);
+    let seqs: Vec<u64> = acked.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=60).collect::<Vec<_>>(),
+        "acknowledged seqs are dense"
+    );
+    assert_dense_once(&inbox_of(c.server("a").ws, "bob").await, 60, "bob");
+    assert_dense_once(&inbox_of(c.server("b").ws, "alice").await, 60, "alice");
+    // bob's live device was pushed every message (a retry pushes what its
+    // first attempt stored but could not acknowledge).
+    let mut live = Vec::new();
+    while live.len() < 60 {
+        live.push(parse_msg(&bob.expect_prefix("MSG ").await).0);
+    }
+    live.sort();
+    live.dedup();
+    assert_eq!(live.len(), 60, "every message pushed live");
+}
