@@ -468,3 +468,72 @@ async fn a_cluster_master_killed_mid_stream_loses_no_acknowledged_message() {
     live.dedup();
     assert_eq!(live.len(), 60, "every message pushed live");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sentinel_failover_servers_and_relay_find_the_new_master() {
+    use switchboard_tests::{RedisSentinel, Relay, Server};
+    let mut setup = tokio::task::spawn_blocking(RedisSentinel::start)
+        .await
+        .expect("sentinel setup");
+    let old_port = setup.master.port();
+    let relay = Relay::start(relay_server::Config {
+        redis: setup.args(),
+        ..relay_server::Config::default()
+    })
+    .await;
+    let mut servers = Vec::new();
+    for id in ["a", "b"] {
+        let mut cfg = message_server::Config::local(id, "redis://unused/", Some(relay.link));
+        cfg.redis = setup.args();
+        cfg.redis.replica_acks = 1;
+        cfg.redis.replica_timeout = Duration::from_millis(500);
+        servers.push(Server::start(cfg).await);
+    }
+    let mut alice = WsClient::login(servers[0].ws, "alice").await;
+    let mut bob = WsClient::login(servers[1].ws, "bob").await;
+    let mut killed_at = None;
+    let (acked, worst) = send_through(&mut alice, "bob", 40, 15, || {
+        setup.master.kill();
+        killed_at = Some(std::time::Instant::now());
+        // Sentinel promotes the replica; the old master comes back (from
+        // its append-only file) and Sentinel makes it the new one's replica.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while setup.master_port() == Some(old_port) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sentinel did not fail over"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!(
+            "sentinel failover: new master named {:?} after kill",
+            killed_at.map(|t| t.elapsed())
+        );
+        setup.master.restart(false);
+    })
+    .await;
+    eprintln!("sentinel failover: longest send outage {worst:?}");
+    assert_eq!(setup.master_port().map(|p| p != old_port), Some(true));
+    let seqs: Vec<u64> = acked.iter().map(|(_, s)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=40).collect::<Vec<_>>(),
+        "acknowledged seqs are dense"
+    );
+    assert_dense_once(&inbox_of(servers[0].ws, "bob").await, 40, "bob");
+    assert_dense_once(&inbox_of(servers[1].ws, "alice").await, 40, "alice");
+    let mut live = Vec::new();
+    while live.len() < 40 {
+        live.push(parse_msg(&bob.expect_prefix("MSG ").await).0);
+    }
+    live.sort();
+    live.dedup();
+    assert_eq!(live.len(), 40, "every message pushed live");
+    // The relay reaches the new master too: its health says Redis is up.
+    let up = eventually(Duration::from_secs(20), || async {
+        let (status, body) = relay.get("/healthz").await;
+        (status == 200 && body.contains("\"redis\":\"up\"")).then_some(())
+    })
+    .await;
+    assert!(up.is_some(), "the relay follows the failover");
+}
