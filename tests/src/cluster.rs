@@ -136,9 +136,10 @@ impl Cluster {
         Cluster::start_with(n, |_| {}).await
     }
 
-    /// Like [`Cluster::start`], letting the caller adjust each server's config.
+    /// Like [`Cluster::start`], letting the caller adjust each server's
+    /// config. Over one Redis, or a Redis Cluster with `SB_TEST_REDIS=cluster`.
     pub async fn start_with(n: usize, adjust: impl Fn(&mut message_server::Config)) -> Cluster {
-        Cluster::start_over(RedisKind::Single, n, adjust).await
+        Cluster::start_over(RedisKind::from_env(), n, adjust).await
     }
 
     /// Like [`Cluster::start_with`] over a Redis of `kind` (one, or a

@@ -436,6 +436,18 @@ pub enum RedisKind {
     Cluster,
 }
 
+impl RedisKind {
+    /// `SB_TEST_REDIS=cluster` runs the tests written for one Redis over a
+    /// 3-master cluster instead (those that restart or read the one Redis
+    /// directly need a single Redis and say so).
+    pub fn from_env() -> RedisKind {
+        match std::env::var("SB_TEST_REDIS").as_deref() {
+            Ok("cluster") => RedisKind::Cluster,
+            _ => RedisKind::Single,
+        }
+    }
+}
+
 impl TestRedis {
     /// Starts one of `kind`.
     pub fn start(kind: RedisKind) -> TestRedis {

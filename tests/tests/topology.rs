@@ -184,12 +184,10 @@ async fn who_tracks_presence_and_closed_sessions_leave_nothing_in_redis() {
     );
     alice.send("WHO bob").await;
     assert_eq!(alice.recv().await, "OFFLINE bob");
-    let mut conn = c.redis.conn();
     for id in ["a", "b"] {
-        let held: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("sb:{{s:{id}}}:sess"))
-            .query(&mut conn)
-            .expect("hgetall");
+        let key = format!("sb:{{s:{id}}}:sess");
+        let held: std::collections::HashMap<String, String> =
+            c.redis.cmd_on(&key, redis::cmd("HGETALL").arg(&key));
         assert!(
             held.values().all(|v| !v.ends_with(" bob")),
             "server {id} still lists bob: {held:?}"
