@@ -537,3 +537,93 @@ async fn after_a_sentinel_failover_servers_and_relay_find_the_new_master() {
     .await;
     assert!(up.is_some(), "the relay follows the failover");
 }
+
+/// A relay killed in the middle of purging a dead server leaves the rest to
+/// the next relay's sweep: in the end nothing of that server is left on any
+/// master.
+#[test]
+fn a_purge_cut_short_by_kill_9_of_the_relay_is_finished_by_the_next_relay() {
+    use redis_store::scripts::Registration;
+    use redis_store::sessions::Life;
+    const SESSIONS: u64 = 20_000;
+    let redis = TestRedis::start(RedisKind::Cluster);
+    let args = redis.args();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    // A server "ghost" that recorded many sessions as a server does, then
+    // stopped refreshing its registry entry a minute ago.
+    rt.block_on(async {
+        let store = redis_store::Redis::new(&args).expect("redis");
+        let life = Life::new("ghost", 7);
+        let ids: Vec<u64> = (0..SESSIONS).collect();
+        for chunk in ids.chunks(500) {
+            let adds = chunk.iter().map(|i| {
+                let user = format!("u{i}");
+                let (store, life) = (&store, &life);
+                async move {
+                    redis_store::sessions::add(store, life, &user, shared::ids::SessionId(*i), 0)
+                        .await
+                        .expect("session added")
+                }
+            });
+            futures_util::future::join_all(adds).await;
+        }
+        let r = Registration {
+            server: "ghost",
+            epoch: 7,
+            ws: "127.0.0.1:1",
+            tcp: "127.0.0.1:2",
+            conns: 0,
+            cap: 10,
+            now_ms: shared_now_ms() - 60_000,
+            ttl_s: 600,
+        };
+        redis_store::registry::register(&store, &r)
+            .await
+            .expect("registered");
+    });
+    let left = || redis.keys("sb:{u:*}:sess").len();
+    assert_eq!(left(), SESSIONS as usize);
+    let (url, mode) = redis.flags();
+    let mut flags = mode.clone();
+    flags.extend(["--stale-after", "1s", "--sweep-interval", "200ms"]);
+    let mut first = RelayProc::start(&url, "127.0.0.1:0".parse().expect("addr"), &flags);
+    // Kill it once the purge is under way.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while left() == SESSIONS as usize {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the purge never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    first.proc.kill9();
+    let at_kill = left();
+    assert!(
+        at_kill > 0,
+        "the purge finished before the relay was killed; make it longer"
+    );
+    eprintln!("relay killed with {at_kill} of {SESSIONS} sessions still to purge");
+    let _second = RelayProc::start(&url, "127.0.0.1:0".parse().expect("addr"), &flags);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let servers: Vec<String> =
+            redis.cmd_on(keys::SERVERS, redis::cmd("SMEMBERS").arg(keys::SERVERS));
+        if left() == 0 && redis.keys("sb:{s:ghost}:*").is_empty() && servers.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the next relay did not finish: {} sessions, {:?}, {servers:?}",
+            left(),
+            redis.keys("sb:{s:ghost}:*")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn shared_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
