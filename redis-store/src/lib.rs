@@ -6,7 +6,7 @@
 //! - [`scripts`]: one typed call per Lua script of [`shared::keys`];
 //! - [`sessions`]: who is connected where;
 //! - [`registry`]: the server registry;
-//! - [`purge`]: removing what a server left, user by user, resumable.
+//! - [`mod@purge`]: removing what a server left, user by user, resumable.
 //!
 //! Every call touches one Redis Cluster slot (keys are hash-tagged by owner,
 //! see [`shared::keys`]); callers never see key names or script arguments.
