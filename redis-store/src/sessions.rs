@@ -46,16 +46,7 @@ pub async fn add(
     max: u64,
 ) -> Result<bool, StoreError> {
     let session = session.to_string();
-    let mut index = redis::cmd("HSET");
-    index
-        .arg(keys::server_sessions(&life.server))
-        .arg(&session)
-        .arg(life.index_value(user));
-    redis.query::<Value>(&index).await?;
-    let added: i64 = redis
-        .invoke(&scripts::session_add(user, &session, &life.location, max))
-        .await?;
-    if added == 1 {
+    if record(redis, life, user, &session, max).await? {
         return Ok(true);
     }
     let mut unindex = redis::cmd("HDEL");
@@ -64,6 +55,26 @@ pub async fn add(
         .arg(&session);
     redis.query::<Value>(&unindex).await?;
     Ok(false)
+}
+
+/// The server's index entry, then the user's (unless past `max`).
+async fn record(
+    redis: &Redis,
+    life: &Life,
+    user: &str,
+    session: &str,
+    max: u64,
+) -> Result<bool, StoreError> {
+    let mut index = redis::cmd("HSET");
+    index
+        .arg(keys::server_sessions(&life.server))
+        .arg(session)
+        .arg(life.index_value(user));
+    redis.query::<Value>(&index).await?;
+    let added: i64 = redis
+        .invoke(&scripts::session_add(user, session, &life.location, max))
+        .await?;
+    Ok(added == 1)
 }
 
 /// Removes a session, only if the user's entry is still this life's.
@@ -94,17 +105,7 @@ pub async fn reassert(
 ) -> Result<(), StoreError> {
     for chunk in sessions.chunks(256) {
         let calls = chunk.iter().map(|(user, session)| async move {
-            let session = session.to_string();
-            let mut index = redis::cmd("HSET");
-            index
-                .arg(keys::server_sessions(&life.server))
-                .arg(&session)
-                .arg(life.index_value(user));
-            redis.query::<Value>(&index).await?;
-            redis
-                .invoke::<i64>(&scripts::session_add(user, &session, &life.location, 0))
-                .await?;
-            Ok::<(), StoreError>(())
+            record(redis, life, user, &session.to_string(), 0).await
         });
         for r in futures_util::future::join_all(calls).await {
             r?;
