@@ -181,17 +181,18 @@ impl Store {
                             max_len: self.limits.inbox_max_len,
                             max_age_ms,
                             cutoff_ms: now.saturating_sub(max_age_ms),
-                            new_epoch: now,
                             dedup_ttl_s: if cid.is_some() { cid_ttl } else { 0 },
                         })
                     };
                     calls.push(half(&msg.to));
-                    let to = calls.len() - 1;
+                    calls.push(scripts::sessions_of(&msg.to));
+                    let to = calls.len() - 2;
                     let from = if msg.from == msg.to || self.crash == Some(Crash::BetweenHalves) {
                         None
                     } else {
                         calls.push(half(&msg.from));
-                        Some(calls.len() - 1)
+                        calls.push(scripts::sessions_of(&msg.from));
+                        Some(calls.len() - 2)
                     };
                     at.push((to, from));
                 }
@@ -218,9 +219,12 @@ impl Store {
                 None => Err(DbError::Internal("missing store reply")),
             }
         };
+        // A half's reply at `i`, its user's sessions at `i + 1`.
         let half = |i: usize| -> Result<HalfStored, DbError> {
-            match reply(i)? {
-                Value::Array(items) => parse_half_reply(items).map_err(|e| self.db.failed(e)),
+            match (reply(i)?, reply(i + 1)?) {
+                (Value::Array(items), sessions) => {
+                    parse_half_reply(items, sessions).map_err(|e| self.db.failed(e))
+                }
                 _ => Err(self.db.failed(StoreError::Shape("half reply"))),
             }
         };
@@ -446,8 +450,9 @@ fn seq_of(id: &str) -> Result<u64, DbError> {
         .ok_or(StoreError::Shape("inbox entry id").into())
 }
 
-/// Reads a [`shared::keys::STORE_HALF`] reply: `{stream-id, dup, sessions}`.
-fn parse_half_reply(reply: &[Value]) -> Result<HalfStored, StoreError> {
+/// Reads a [`shared::keys::STORE_HALF`] reply (`{stream-id, dup}`) and the
+/// `HGETALL` of the user's sessions that followed it.
+fn parse_half_reply(reply: &[Value], sessions: &Value) -> Result<HalfStored, StoreError> {
     let id = reply
         .first()
         .and_then(text)
@@ -457,7 +462,7 @@ fn parse_half_reply(reply: &[Value]) -> Result<HalfStored, StoreError> {
         .get(1)
         .and_then(redis_store::int)
         .ok_or(StoreError::Shape("half duplicate flag"))?;
-    let servers = reply.get(2).map(sessions::servers_of).unwrap_or_default();
+    let servers = sessions::servers_of(sessions);
     Ok(HalfStored {
         seq,
         fresh: dup == 0,
@@ -475,23 +480,21 @@ mod tests {
 
     #[test]
     fn a_half_reply_gives_seq_and_servers() {
-        let reply = vec![
-            bulk("1700-3"),
-            Value::Int(0),
-            Value::Array(vec![bulk("s1"), bulk("x:1")]),
-        ];
-        let h = parse_half_reply(&reply).expect("parses");
+        let reply = vec![bulk("1700-3"), Value::Int(0)];
+        let sessions = Value::Array(vec![bulk("s1"), bulk("x:1")]);
+        let h = parse_half_reply(&reply, &sessions).expect("parses");
         assert_eq!((h.seq, h.fresh), (4, true));
         assert_eq!(h.servers, vec!["x".to_owned()]);
-        let dup = parse_half_reply(&[bulk("1700-0"), Value::Int(1), Value::Array(vec![])])
+        let dup = parse_half_reply(&[bulk("1700-0"), Value::Int(1)], &Value::Array(vec![]))
             .expect("parses");
         assert_eq!((dup.seq, dup.fresh), (1, false));
     }
 
     #[test]
     fn malformed_half_replies_are_errors() {
-        assert!(parse_half_reply(&[]).is_err());
-        assert!(parse_half_reply(&[bulk("nodash"), Value::Int(0)]).is_err());
-        assert!(parse_half_reply(&[bulk("1-0")]).is_err());
+        let none = Value::Nil;
+        assert!(parse_half_reply(&[], &none).is_err());
+        assert!(parse_half_reply(&[bulk("nodash"), Value::Int(0)], &none).is_err());
+        assert!(parse_half_reply(&[bulk("1-0")], &none).is_err());
     }
 }

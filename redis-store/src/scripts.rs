@@ -128,10 +128,17 @@ pub struct Half<'s> {
     pub max_age_ms: u64,
     /// Unix ms before which a message is too old to keep.
     pub cutoff_ms: u64,
-    /// The epoch a new inbox gets (unix ms now).
-    pub new_epoch: u64,
     /// Lifetime of the idempotency record; 0 for a send without cid.
     pub dedup_ttl_s: u64,
+}
+
+/// `HGETALL` of a user's sessions, to run right after [`store_half`] in
+/// the same pipeline (outside the script: cheaper than through Lua).
+pub fn sessions_of(user: &str) -> Call {
+    let key = keys::user_sessions(user);
+    let mut cmd = redis::cmd("HGETALL");
+    cmd.arg(&key);
+    Call::plain(cmd, &key)
 }
 
 /// [`keys::STORE_HALF`].
@@ -141,7 +148,6 @@ pub fn store_half(h: &Half<'_>) -> Call {
         &[
             keys::epoch(h.user),
             keys::inbox(h.user),
-            keys::user_sessions(h.user),
             keys::stored_half(h.user, h.msg_id),
         ],
     )
@@ -149,7 +155,6 @@ pub fn store_half(h: &Half<'_>) -> Call {
     .arg(h.max_len)
     .arg(h.max_age_ms.max(1))
     .arg(h.cutoff_ms)
-    .arg(h.new_epoch)
     .arg(h.dedup_ttl_s)
 }
 
