@@ -29,6 +29,16 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+/// A free port whose cluster bus port (10000 higher) is free too.
+fn free_cluster_port() -> u16 {
+    loop {
+        let p = free_port();
+        if p <= 55_535 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
 impl RedisServer {
     /// Starts one on a free port and waits until it answers `PING`.
     pub fn start() -> RedisServer {
@@ -43,9 +53,10 @@ impl RedisServer {
     }
 
     fn new(extra: &[&str]) -> RedisServer {
+        let cluster = extra.contains(&"--cluster-enabled");
         RedisServer {
             child: None,
-            port: free_port(),
+            port: if cluster { free_cluster_port() } else { free_port() },
             dir: tempfile::tempdir().expect("temp dir"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         }
