@@ -56,7 +56,11 @@ impl RedisServer {
         let cluster = extra.contains(&"--cluster-enabled");
         RedisServer {
             child: None,
-            port: if cluster { free_cluster_port() } else { free_port() },
+            port: if cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            },
             dir: tempfile::tempdir().expect("temp dir"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
         }
