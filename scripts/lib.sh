@@ -25,14 +25,14 @@ as_root() {
 
 # Installs redis-server with apt-get when it is not on PATH.
 ensure_redis_server() {
-    if command -v redis-server >/dev/null 2>&1; then
+    if command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1; then
         return 0
     fi
     command -v apt-get >/dev/null 2>&1 ||
         die "redis-server is missing and there is no apt-get; install Redis 7 and retry"
     say "redis-server is missing: installing it with apt-get"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q redis-server redis-tools
     command -v redis-server >/dev/null 2>&1 || die "apt-get ran but redis-server is still not on PATH"
 }
 

@@ -32,9 +32,9 @@ pub struct Config {
     )]
     pub relay: Vec<String>,
 
-    /// Redis URL.
-    #[arg(long, env = "SB_REDIS", default_value = "redis://127.0.0.1:6379/")]
-    pub redis: String,
+    /// Where Redis is (`--redis`, `--redis-mode`, ...), as on the relay.
+    #[command(flatten)]
+    pub redis: redis_store::RedisArgs,
 
     /// Most client connections at once (WebSocket and TCP together).
     #[arg(long, env = "SB_MAX_CONNECTIONS", default_value_t = 500)]

@@ -1,6 +1,6 @@
-//! Who is connected where: this server's sessions in Redis (`sb:user:*`,
-//! `sb:srvsess:*`) and its registry entry (`sb:srv:*`), plus the list of
-//! other servers with room, kept in memory for the 503 at the cap.
+//! Who is connected where: this server's sessions in Redis and its registry
+//! entry (through [`redis_store`]), plus the list of other servers with
+//! room, kept in memory for the 503 at the cap.
 //!
 //! The registry task refreshes the entry every `registry_interval`. When it
 //! finds the entry missing, Redis has lost it (restarted empty, or flushed):
@@ -11,13 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use redis::AsyncCommands;
+use redis_store::scripts::Registration;
+use redis_store::sessions::{self, Life};
+use redis_store::{PurgeMode, registry};
 use serde::Serialize;
-use shared::ids::{SessionId, session_location};
-use shared::keys;
+use shared::ids::SessionId;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{Db, DbError, int, text};
+use crate::db::{Db, DbError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -31,56 +32,54 @@ pub struct ServerInfo {
     pub cap: u64,
 }
 
+/// A login refused because the user holds the most sessions allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooManySessions;
+
 /// This server's identity in Redis.
 #[derive(Clone)]
 pub struct Directory {
     db: Db,
-    server_id: Arc<str>,
-    epoch: u64,
-    location: Arc<str>,
+    life: Arc<Life>,
+    /// Live sessions one user may hold across the cluster (0: no limit).
+    max_sessions_per_user: u64,
     /// Other servers with room, newest first read.
     alternatives: Arc<ArcSwap<Vec<ServerInfo>>>,
 }
 
 impl Directory {
     /// A directory for server `server_id` at `epoch`.
-    pub fn new(db: Db, server_id: &str, epoch: u64) -> Directory {
+    pub fn new(db: Db, server_id: &str, epoch: u64, max_sessions_per_user: u64) -> Directory {
         Directory {
             db,
-            server_id: server_id.into(),
-            epoch,
-            location: session_location(server_id, epoch).into(),
+            life: Arc::new(Life::new(server_id, epoch)),
+            max_sessions_per_user,
             alternatives: Arc::new(ArcSwap::from_pointee(Vec::new())),
         }
     }
 
-    /// Records a session of `user` here.
-    pub async fn add_session(&self, user: &str, session: SessionId) -> Result<(), DbError> {
-        self.db
-            .scripts
-            .session_add
-            .key(keys::user(user))
-            .key(keys::server_sessions(&self.server_id))
-            .arg(session.to_string())
-            .arg(&*self.location)
-            .arg(self.epoch)
-            .arg(user)
-            .invoke_async::<i64>(&mut self.db.conn())
-            .await
-            .map_err(|e| self.db.failed(e))?;
-        Ok(())
+    /// Records a session of `user` here; `Ok(Err(TooManySessions))` when
+    /// the user already holds `--max-sessions-per-user` across the cluster.
+    pub async fn add_session(
+        &self,
+        user: &str,
+        session: SessionId,
+    ) -> Result<Result<(), TooManySessions>, DbError> {
+        let added = sessions::add(
+            &self.db.redis,
+            &self.life,
+            user,
+            session,
+            self.max_sessions_per_user,
+        )
+        .await
+        .map_err(|e| self.db.failed(e))?;
+        Ok(if added { Ok(()) } else { Err(TooManySessions) })
     }
 
     /// Removes a session, only if the entry is still this epoch's.
     pub async fn remove_session(&self, user: &str, session: SessionId) -> Result<(), DbError> {
-        self.db
-            .scripts
-            .session_del
-            .key(keys::user(user))
-            .key(keys::server_sessions(&self.server_id))
-            .arg(session.to_string())
-            .arg(&*self.location)
-            .invoke_async::<i64>(&mut self.db.conn())
+        sessions::remove(&self.db.redis, &self.life, user, session)
             .await
             .map_err(|e| self.db.failed(e))?;
         Ok(())
@@ -89,65 +88,39 @@ impl Directory {
     /// Removes whatever earlier epochs of this server id left (a restart
     /// after a crash). Returns the number of sessions removed.
     pub async fn purge_previous(&self) -> Result<u64, DbError> {
-        self.purge("others").await
+        self.purge(PurgeMode::Others(self.life.epoch)).await
     }
 
     /// Removes this epoch's sessions and registry entry (graceful shutdown).
     pub async fn purge_self(&self) -> Result<u64, DbError> {
-        self.purge("epoch").await
+        self.purge(PurgeMode::Epoch(self.life.epoch)).await
     }
 
-    /// [`shared::keys::PURGE_SERVER`] for this server and epoch.
-    async fn purge(&self, mode: &str) -> Result<u64, DbError> {
-        self.db
-            .scripts
-            .purge_server
-            .key(keys::server_sessions(&self.server_id))
-            .key(keys::server(&self.server_id))
-            .key(keys::SERVERS)
-            .arg(&*self.server_id)
-            .arg(self.epoch)
-            .arg(mode)
-            .invoke_async::<u64>(&mut self.db.conn())
+    async fn purge(&self, mode: PurgeMode) -> Result<u64, DbError> {
+        let removed = redis_store::purge(&self.db.redis, &self.life.server, mode)
+            .await
+            .map_err(|e| self.db.failed(e))?;
+        Ok(removed.unwrap_or(0))
+    }
+
+    /// The servers holding live sessions of each of `users` (`TELL` looks
+    /// up its recipient and sender this way): one read per user, at the same
+    /// time (each user is a slot of its own). A user without sessions gets
+    /// an empty list and no key is made.
+    pub async fn servers_of(&self, users: &[&str]) -> Result<Vec<Vec<String>>, DbError> {
+        let reads = users
+            .iter()
+            .map(|user| sessions::servers(&self.db.redis, user));
+        futures_util::future::try_join_all(reads)
             .await
             .map_err(|e| self.db.failed(e))
     }
 
-    /// The servers holding live sessions of each of `users`, in one round
-    /// trip (`TELL` looks up its recipient and sender this way). Reads only:
-    /// a user without sessions gets an empty list and no key is made.
-    pub async fn servers_of(&self, users: &[&str]) -> Result<Vec<Vec<String>>, DbError> {
-        let mut pipe = redis::pipe();
-        for user in users {
-            pipe.hvals(keys::user(user));
-        }
-        let locations: Vec<Vec<String>> = pipe
-            .query_async(&mut self.db.conn())
-            .await
-            .map_err(|e| self.db.failed(e))?;
-        Ok(locations
-            .iter()
-            .map(|locs| {
-                let mut servers: Vec<String> = locs
-                    .iter()
-                    .filter_map(|l| shared::ids::parse_location(l).map(|(id, _)| id.to_owned()))
-                    .collect();
-                servers.sort_unstable();
-                servers.dedup();
-                servers
-            })
-            .collect())
-    }
-
     /// Live sessions of `user` across the cluster.
     pub async fn who(&self, user: &str) -> Result<u64, DbError> {
-        let n: u64 = self
-            .db
-            .conn()
-            .hlen(keys::user(user))
+        sessions::count(&self.db.redis, user)
             .await
-            .map_err(|e| self.db.failed(e))?;
-        Ok(n)
+            .map_err(|e| self.db.failed(e))
     }
 
     /// Writes the registry entry; returns whether it already existed.
@@ -159,99 +132,49 @@ impl Directory {
         cap: u64,
         ttl: Duration,
     ) -> Result<bool, DbError> {
-        let existed: i64 = self
-            .db
-            .scripts
-            .register
-            .key(keys::server(&self.server_id))
-            .key(keys::SERVERS)
-            .arg(&*self.server_id)
-            .arg(self.epoch)
-            .arg(ws)
-            .arg(tcp)
-            .arg(conns)
-            .arg(cap)
-            .arg(entry::now_ms())
-            .arg(ttl.as_secs().max(1))
-            .invoke_async(&mut self.db.conn())
+        let r = Registration {
+            server: &self.life.server,
+            epoch: self.life.epoch,
+            ws,
+            tcp,
+            conns,
+            cap,
+            now_ms: entry::now_ms(),
+            ttl_s: ttl.as_secs(),
+        };
+        registry::register(&self.db.redis, &r)
             .await
-            .map_err(|e| self.db.failed(e))?;
-        Ok(existed == 1)
+            .map_err(|e| self.db.failed(e))
     }
 
-    /// Writes every live session again, in one pipeline.
-    pub async fn reassert(&self, sessions: &[(String, SessionId)]) -> Result<(), DbError> {
-        if sessions.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for (user, session) in sessions {
-            pipe.cmd("EVALSHA")
-                .arg(self.db.scripts.session_add.get_hash())
-                .arg(2)
-                .arg(keys::user(user))
-                .arg(keys::server_sessions(&self.server_id))
-                .arg(session.to_string())
-                .arg(&*self.location)
-                .arg(self.epoch)
-                .arg(user)
-                .ignore();
-        }
-        // EVALSHA may meet a Redis that lost its script cache too: load first.
-        let mut conn = self.db.conn();
-        self.db
-            .scripts
-            .session_add
-            .load_async(&mut conn)
+    /// Writes every live session again.
+    pub async fn reassert(&self, live: &[(String, SessionId)]) -> Result<(), DbError> {
+        sessions::reassert(&self.db.redis, &self.life, live)
             .await
-            .map_err(|e| self.db.failed(e))?;
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.db.failed(e))?;
-        Ok(())
+            .map_err(|e| self.db.failed(e))
     }
 
     /// Reads the registry: every other server with room.
     pub async fn read_alternatives(&self) -> Result<Vec<ServerInfo>, DbError> {
-        let mut conn = self.db.conn();
-        let ids: Vec<String> = conn
-            .smembers(keys::SERVERS)
+        let entries = registry::read_all(&self.db.redis)
             .await
             .map_err(|e| self.db.failed(e))?;
-        let ids: Vec<String> = ids
+        let mut out: Vec<ServerInfo> = entries
             .into_iter()
-            .filter(|id| *id != *self.server_id)
-            .collect();
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for id in &ids {
-            pipe.cmd("HGETALL").arg(keys::server(id));
-        }
-        let hashes: Vec<std::collections::HashMap<String, redis::Value>> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.db.failed(e))?;
-        let mut out = Vec::new();
-        for (id, h) in ids.into_iter().zip(hashes) {
-            let field = |k: &str| h.get(k);
-            let (Some(ws), Some(tcp)) = (field("ws").and_then(text), field("tcp").and_then(text))
-            else {
-                continue;
-            };
-            let connections = field("conns").and_then(int).unwrap_or(0);
-            let cap = field("cap").and_then(int).unwrap_or(0);
-            if connections < cap {
-                out.push(ServerInfo {
+            .filter(|(id, _)| *id != self.life.server)
+            .filter_map(|(id, entry)| {
+                let e = entry?;
+                let connections = e.conns.unwrap_or(0);
+                let cap = e.cap.unwrap_or(0);
+                (connections < cap).then_some(ServerInfo {
                     id,
-                    ws,
-                    tcp,
+                    ws: e.ws?,
+                    tcp: e.tcp?,
                     connections,
                     cap,
-                });
-            }
-        }
+                })
+            })
+            .collect();
         out.sort_by_key(|s| s.connections);
         Ok(out)
     }

@@ -206,7 +206,7 @@ impl Bound {
         } = self;
         let limits = config.limits.clone();
         let db = db::Db::connect(&config.redis, metrics.clone(), &shutdown).await?;
-        let directory = Directory::new(db.clone(), &config.id, epoch);
+        let directory = Directory::new(db.clone(), &config.id, epoch, limits.max_sessions_per_user);
         match directory.purge_previous().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(

@@ -3,10 +3,10 @@
 //!
 //! Sessions submit [`Job`]s into a bounded queue (a full queue makes them
 //! wait: backpressure reaches the client's socket). The router sends
-//! whatever is queued as one Redis pipeline (one write, one read, and with
-//! many commands per fsync), keeps a few pipelines in flight on the one
-//! multiplexed connection, and finishes them strictly in the order they
-//! were sent ([`FuturesOrdered`]): since Redis ran them in that order too,
+//! whatever is queued as one batch to the store ([`Store::store_batch`]:
+//! every write at once, pipelined on the wire, many commands per fsync),
+//! keeps a few batches in flight, and finishes them strictly in the order
+//! they were sent ([`FuturesOrdered`]): since Redis ran them in that order too,
 //! every recipient is pushed its messages in the order their `seq`s were
 //! given. Only after the store does anything get pushed, and only after
 //! that does the sender get `OK SENT`.
@@ -27,7 +27,6 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use redis::Value;
 use shared::client::{ClientError, Encoding, ErrCode, Event, Reply};
 use shared::link::{DirectMsg, Frame, RoomMsg};
 use tokio::sync::mpsc;
@@ -36,7 +35,7 @@ use crate::db::DbError;
 use crate::hub::{Hub, Out, SessionHandle};
 use crate::metrics::Metrics;
 use crate::relay_link::Links;
-use crate::store::{Store, Stored, parse_send_reply};
+use crate::store::{Outcome, Store, Stored, Write};
 
 /// Who asked, and how to answer them.
 #[derive(Debug, Clone)]
@@ -64,7 +63,7 @@ pub enum Job {
     Broadcast { msg: RoomMsg, origin: Origin },
 }
 
-type Pending = Pin<Box<dyn Future<Output = Vec<(Job, Result<Value, DbError>)>> + Send>>;
+type Pending = Pin<Box<dyn Future<Output = Vec<(Job, Result<Outcome, DbError>)>> + Send>>;
 
 /// Jobs sent to Redis as one pipeline.
 const MAX_BATCH: usize = 256;
@@ -117,29 +116,33 @@ impl Router {
 
     fn start(&self, batch: Vec<Job>) -> Pending {
         let store = self.store.clone();
-        let cmds: Vec<redis::Cmd> = batch
-            .iter()
-            .filter_map(|job| match job {
-                Job::Send { msg, origin } => Some(store.send_cmd(msg, origin.cid.as_deref())),
-                Job::Publish { msg, .. } => Some(store.room_cmd(msg)),
-                Job::Broadcast { .. } => None,
-            })
-            .collect();
         Box::pin(async move {
-            let mut results = if cmds.is_empty() {
+            let writes: Vec<Write<'_>> = batch
+                .iter()
+                .filter_map(|job| match job {
+                    Job::Send { msg, origin } => Some(Write::Direct {
+                        msg,
+                        cid: origin.cid.as_deref(),
+                    }),
+                    Job::Publish { msg, .. } => Some(Write::Room(msg)),
+                    Job::Broadcast { .. } => None,
+                })
+                .collect();
+            let results = if writes.is_empty() {
                 Vec::new()
             } else {
-                store.run(&cmds).await
-            }
-            .into_iter();
+                store.store_batch(&writes).await
+            };
+            drop(writes);
+            let mut results = results.into_iter();
             batch
                 .into_iter()
                 .map(|job| {
                     let result = match job {
-                        Job::Broadcast { .. } => Ok(Value::Nil),
+                        Job::Broadcast { .. } => Ok(Outcome::Room),
                         _ => results
                             .next()
-                            .unwrap_or(Err(DbError::Shape("missing pipeline reply"))),
+                            .unwrap_or(Err(DbError::Internal("missing store outcome"))),
                     };
                     (job, result)
                 })
@@ -147,17 +150,13 @@ impl Router {
         })
     }
 
-    fn finish(&self, job: Job, result: Result<Value, DbError>) {
+    fn finish(&self, job: Job, result: Result<Outcome, DbError>) {
         match (job, result) {
-            (Job::Send { msg, origin }, Ok(reply)) => {
-                let parsed = match &reply {
-                    Value::Array(items) => parse_send_reply(msg, items),
-                    _ => Err(DbError::Shape("send reply is not an array")),
-                };
-                match parsed {
-                    Ok(stored) => self.route_direct(stored, origin),
-                    Err(e) => self.not_stored(&e, &origin),
-                }
+            (Job::Send { origin, .. }, Ok(Outcome::Direct(stored))) => {
+                self.route_direct(stored, origin)
+            }
+            (Job::Send { origin, .. }, Ok(Outcome::Room)) => {
+                self.not_stored(&DbError::Internal("room outcome for a send"), &origin)
             }
             (Job::Send { origin, .. }, Err(e)) => self.not_stored(&e, &origin),
             (Job::Publish { msg, origin }, Ok(_)) => {
@@ -196,42 +195,46 @@ impl Router {
     }
 
     fn route_direct(&self, stored: Stored, origin: Origin) {
+        let duplicate = stored.duplicate();
         let Stored {
             msg,
             seq_to,
             seq_from,
             to_servers,
             from_servers,
-            duplicate,
+            ..
         } = stored;
         let reply = Reply::Sent {
             id: msg.id.clone(),
             seq: seq_to,
         };
+        // A retry of a stored send is pushed again: its first attempt may
+        // have stored it without pushing (a crash, or replicas too slow).
+        // Devices drop a seq they hold already.
         if duplicate {
-            // Stored (and pushed) the first time; the retry only needs its answer.
             self.metrics.deduplicated.inc();
-            origin.answer(reply, &self.metrics);
-            return;
+        } else {
+            self.metrics.stored.inc();
         }
-        self.metrics.stored.inc();
         let me = origin.session.id;
         let note_to_self = msg.from == msg.to;
         // The recipient's devices (for a note to self: every other device).
-        let to_except = note_to_self.then_some(me);
-        let to_event = Arc::new(Event::Direct {
-            seq: seq_to,
-            msg: msg.clone(),
-        });
-        self.hub.push_user(&msg.to, &to_event, to_except);
-        for server in to_servers.iter().filter(|s| **s != self.server_id) {
-            self.links.send(Frame::Deliver {
-                to_server: server.clone(),
-                user: msg.to.clone(),
+        {
+            let to_except = note_to_self.then_some(me);
+            let to_event = Arc::new(Event::Direct {
                 seq: seq_to,
-                except: to_except,
                 msg: msg.clone(),
             });
+            self.hub.push_user(&msg.to, &to_event, to_except);
+            for server in to_servers.iter().filter(|s| **s != self.server_id) {
+                self.links.send(Frame::Deliver {
+                    to_server: server.clone(),
+                    user: msg.to.clone(),
+                    seq: seq_to,
+                    except: to_except,
+                    msg: msg.clone(),
+                });
+            }
         }
         // The sender's other devices get their copy, with its seq in the sender's inbox.
         if !note_to_self {

@@ -1,17 +1,35 @@
-//! Durable messages: inboxes (`sb:inbox:*`), their sequence counters and
-//! epochs, device cursors, `cid` de-duplication and room history.
+//! Durable messages: inboxes, their epochs, device cursors, room history.
 //!
-//! A direct message is stored by one script ([`shared::keys::SEND`]) before
-//! anyone is told about it; see [`Store::send_cmd`].
+//! Callers speak the domain: [`Store::store_batch`] takes [`Write`]s and
+//! answers one [`Outcome`] each; Redis commands, key names, script
+//! arguments and reply parsing stay here and in [`redis_store`].
+//!
+//! A direct message is stored as two halves, one per user (the recipient's
+//! inbox and the sender's; one for a note to self), each one script in its
+//! user's slot ([`shared::keys::STORE_HALF`]), sent at the same time. The
+//! sender hears `OK SENT` only after both are stored (and, with
+//! `--redis-replica-acks N`, held by N replicas). A send with a `cid` gets
+//! a message id derived from sender and cid ([`shared::ids::cid_message_id`]),
+//! and each half stores a given id once: a retry of the same cid, on any
+//! server, completes whichever half is missing and answers with the first
+//! seq.
+//!
+//! Test hooks: `SB_TEST_CRASH=between-halves` makes the server abort after
+//! the recipient's half of the first direct message with a cid is stored and
+//! before the sender's; `SB_TEST_CRASH=after-store` after both halves and
+//! before the reply. Test-only; inert when the variable is not set.
 
 use std::time::Duration;
 
+use redis::Value;
 use redis::streams::StreamRangeReply;
-use redis::{AsyncCommands, Value};
+use redis_store::scripts::{self, Half};
+use redis_store::{Redis, StoreError, sessions, text};
 use shared::keys;
 use shared::link::{DirectMsg, RoomMsg};
 
-use crate::db::{Db, DbError, int, servers_of, text};
+use crate::db::{Db, DbError};
+use entry::now_ms;
 
 /// Inbox bounds and record lifetimes.
 #[derive(Debug, Clone)]
@@ -22,10 +40,31 @@ pub struct StoreLimits {
     pub room_history: u64,
 }
 
+/// One thing to store.
+#[derive(Debug, Clone, Copy)]
+pub enum Write<'a> {
+    /// A direct message, with the client's id for it if any.
+    Direct {
+        msg: &'a DirectMsg,
+        cid: Option<&'a str>,
+    },
+    /// A room message (history only).
+    Room(&'a RoomMsg),
+}
+
+/// What storing one [`Write`] gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A direct message is stored.
+    Direct(Stored),
+    /// A room message is in the history.
+    Room,
+}
+
 /// What storing a direct message gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
-    /// The message as stored (id and ts from the first store on a retry).
+    /// The message as stored (its id derived from the cid when there is one).
     pub msg: DirectMsg,
     /// Its seq in the recipient's inbox.
     pub seq_to: u64,
@@ -35,8 +74,18 @@ pub struct Stored {
     pub to_servers: Vec<String>,
     /// Servers with live sessions of the sender.
     pub from_servers: Vec<String>,
-    /// True when this was a retry of a `cid` already stored: nothing is pushed again.
-    pub duplicate: bool,
+    /// The recipient's half was stored now (false: a retry found it stored,
+    /// and it was pushed then).
+    pub to_fresh: bool,
+    /// The sender's half was stored now.
+    pub from_fresh: bool,
+}
+
+impl Stored {
+    /// Neither half was new: a retry of a send stored before.
+    pub fn duplicate(&self) -> bool {
+        !self.to_fresh && !self.from_fresh
+    }
 }
 
 /// One page of an inbox.
@@ -44,10 +93,17 @@ pub struct Stored {
 pub struct InboxPage {
     /// Messages after the asked seq, in order.
     pub messages: Vec<(u64, DirectMsg)>,
-    /// The inbox's last seq (0 when it never had a message).
+    /// The inbox's last seq (0 when it holds no message).
     pub head: u64,
     /// The inbox epoch ("" when it never had a message).
     pub epoch: String,
+}
+
+/// Where a test asked the server to die.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Crash {
+    BetweenHalves,
+    AfterStore,
 }
 
 /// Durable storage on top of [`Db`].
@@ -55,45 +111,187 @@ pub struct InboxPage {
 pub struct Store {
     db: Db,
     limits: StoreLimits,
+    crash: Option<Crash>,
+}
+
+/// One half's answer.
+struct HalfStored {
+    seq: u64,
+    fresh: bool,
+    servers: Vec<String>,
 }
 
 impl Store {
     pub fn new(db: Db, limits: StoreLimits) -> Store {
-        Store { db, limits }
+        let crash = match std::env::var("SB_TEST_CRASH").as_deref() {
+            Ok("between-halves") => Some(Crash::BetweenHalves),
+            Ok("after-store") => Some(Crash::AfterStore),
+            _ => None,
+        };
+        if let Some(c) = crash {
+            tracing::warn!(
+                ?c,
+                "SB_TEST_CRASH is set: this server will abort on purpose"
+            );
+        }
+        Store { db, limits, crash }
     }
 
-    /// The command that stores `msg` in the inboxes of `msg.to` and
-    /// `msg.from` (one script, one round trip) and answers where their
-    /// sessions are ([`parse_send_reply`]). With a `cid`, a retry answers
-    /// with the first store and stores nothing.
-    pub fn send_cmd(&self, msg: &DirectMsg, cid: Option<&str>) -> redis::Cmd {
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(self.db.scripts.send.get_hash())
-            .arg(7)
-            .arg(keys::seq(&msg.to))
-            .arg(keys::inbox(&msg.to))
-            .arg(keys::user(&msg.to))
-            .arg(keys::seq(&msg.from))
-            .arg(keys::inbox(&msg.from))
-            .arg(keys::user(&msg.from))
-            .arg(keys::cid(&msg.from, cid.unwrap_or("-")))
-            .arg(&msg.id)
-            .arg(&msg.from)
-            .arg(&msg.to)
-            .arg(msg.ts)
-            .arg(&msg.text)
-            .arg(self.limits.inbox_max_len)
-            .arg(self.limits.inbox_max_age.as_millis() as u64)
-            .arg(cid.unwrap_or(""))
-            .arg(self.limits.cid_ttl.as_secs().max(1))
-            .arg(&msg.id);
-        cmd
+    fn redis(&self) -> &Redis {
+        &self.db.redis
     }
 
-    /// The command that appends a room message to the room's bounded history.
-    pub fn room_cmd(&self, msg: &RoomMsg) -> redis::Cmd {
+    /// Stores every write and answers one outcome each, in order. Every
+    /// half and room append goes out at once, one pipeline per slot in the
+    /// order given (so each inbox gets its seqs in job order).
+    pub async fn store_batch(&self, writes: &[Write<'_>]) -> Vec<Result<Outcome, DbError>> {
+        let now = now_ms();
+        let max_age_ms = u64::try_from(self.limits.inbox_max_age.as_millis()).unwrap_or(u64::MAX);
+        let cid_ttl = self.limits.cid_ttl.as_secs().max(1);
+        // The messages as stored: an id derived from the cid when there is one.
+        let msgs: Vec<Option<DirectMsg>> = writes
+            .iter()
+            .map(|w| match w {
+                Write::Direct { msg, cid } => {
+                    let mut msg = (*msg).clone();
+                    if let Some(cid) = cid {
+                        msg.id = shared::ids::cid_message_id(&msg.from, cid);
+                    }
+                    Some(msg)
+                }
+                Write::Room(_) => None,
+            })
+            .collect();
+        let records: Vec<Option<String>> = msgs
+            .iter()
+            .map(|m| m.as_ref().map(shared::record::encode))
+            .collect();
+        let mut calls = Vec::new();
+        // For each write, where its replies sit in `calls`: (to, from) halves
+        // of a direct message, or the room append.
+        let mut at: Vec<(usize, Option<usize>)> = Vec::with_capacity(writes.len());
+        for (i, w) in writes.iter().enumerate() {
+            match (w, &msgs[i], &records[i]) {
+                (Write::Direct { cid, .. }, Some(msg), Some(record)) => {
+                    let half = |user: &str| {
+                        scripts::store_half(&Half {
+                            user,
+                            msg_id: &msg.id,
+                            record,
+                            max_len: self.limits.inbox_max_len,
+                            max_age_ms,
+                            cutoff_ms: now.saturating_sub(max_age_ms),
+                            dedup_ttl_s: if cid.is_some() { cid_ttl } else { 0 },
+                        })
+                    };
+                    calls.push(half(&msg.to));
+                    calls.push(scripts::sessions_of(&msg.to));
+                    let to = calls.len() - 2;
+                    let from = if msg.from == msg.to || self.crash == Some(Crash::BetweenHalves) {
+                        None
+                    } else {
+                        calls.push(half(&msg.from));
+                        calls.push(scripts::sessions_of(&msg.from));
+                        Some(calls.len() - 2)
+                    };
+                    at.push((to, from));
+                }
+                (Write::Room(msg), _, _) => {
+                    calls.push(self.room_call(msg));
+                    at.push((calls.len() - 1, None));
+                }
+                _ => at.push((usize::MAX, None)),
+            }
+        }
+        let replies = self.redis().invoke_all(&calls).await;
+        if self.crash == Some(Crash::BetweenHalves)
+            && writes
+                .iter()
+                .any(|w| matches!(w, Write::Direct { cid: Some(_), .. }))
+        {
+            tracing::error!("SB_TEST_CRASH=between-halves: aborting after the recipients' halves");
+            std::process::abort();
+        }
+        let reply = |i: usize| -> Result<&Value, DbError> {
+            match replies.get(i) {
+                Some(Ok(v)) => Ok(v),
+                Some(Err(e)) => Err(self.db.failed(copy(e))),
+                None => Err(DbError::Internal("missing store reply")),
+            }
+        };
+        // A half's reply at `i`, its user's sessions at `i + 1`.
+        let half = |i: usize| -> Result<HalfStored, DbError> {
+            match (reply(i)?, reply(i + 1)?) {
+                (Value::Array(items), sessions) => {
+                    parse_half_reply(items, sessions).map_err(|e| self.db.failed(e))
+                }
+                _ => Err(self.db.failed(StoreError::Shape("half reply"))),
+            }
+        };
+        let mut outcomes: Vec<Result<Outcome, DbError>> = Vec::with_capacity(writes.len());
+        for (i, msg) in msgs.into_iter().enumerate() {
+            let (to_at, from_at) = at[i];
+            let Some(msg) = msg else {
+                outcomes.push(reply(to_at).map(|_| Outcome::Room));
+                continue;
+            };
+            let stored = half(to_at).and_then(|to| {
+                let from = match from_at {
+                    Some(f) => half(f)?,
+                    None => HalfStored {
+                        seq: to.seq,
+                        fresh: to.fresh,
+                        servers: to.servers.clone(),
+                    },
+                };
+                Ok(Stored {
+                    msg,
+                    seq_to: to.seq,
+                    seq_from: from.seq,
+                    to_servers: to.servers,
+                    from_servers: from.servers,
+                    to_fresh: to.fresh,
+                    from_fresh: from.fresh,
+                })
+            });
+            outcomes.push(stored.map(Outcome::Direct));
+        }
+        // Acknowledged means replicated when the operator asks: one WAIT per
+        // Redis node that took a half of this batch.
+        let touched: Vec<String> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Ok(Outcome::Direct(s)) => Some([keys::inbox(&s.msg.to), keys::inbox(&s.msg.from)]),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if !touched.is_empty()
+            && let Err(e) = self.redis().wait_replicas(&touched).await
+        {
+            let e = self.db.failed(e);
+            tracing::warn!(error = %e, "direct messages not replicated in time");
+            for o in &mut outcomes {
+                if matches!(o, Ok(Outcome::Direct(_))) {
+                    *o = Err(DbError::Store(StoreError::Unavailable(e.to_string())));
+                }
+            }
+        }
+        if self.crash == Some(Crash::AfterStore)
+            && writes
+                .iter()
+                .any(|w| matches!(w, Write::Direct { cid: Some(_), .. }))
+        {
+            tracing::error!("SB_TEST_CRASH=after-store: aborting before the reply");
+            std::process::abort();
+        }
+        outcomes
+    }
+
+    fn room_call(&self, msg: &RoomMsg) -> scripts::Call {
+        let key = keys::room(&msg.room);
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(keys::room(&msg.room))
+        cmd.arg(&key)
             .arg("MAXLEN")
             .arg("~")
             .arg(self.limits.room_history)
@@ -106,15 +304,20 @@ impl Store {
             .arg(msg.ts)
             .arg("x")
             .arg(&msg.text);
-        cmd
+        scripts::Call::plain(cmd, &key)
     }
 
     /// The latest `count` messages of a room's history, oldest first.
     pub async fn room_history(&self, room: &str, count: u64) -> Result<Vec<RoomMsg>, DbError> {
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(keys::room(room))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(count);
         let range: StreamRangeReply = self
-            .db
-            .conn()
-            .xrevrange_count(keys::room(room), "+", "-", count)
+            .redis()
+            .query(&cmd)
             .await
             .map_err(|e| self.db.failed(e))?;
         let mut out = Vec::with_capacity(range.ids.len());
@@ -123,83 +326,19 @@ impl Store {
             let (Some(id), Some(from), Some(ts), Some(body)) =
                 (field("id"), field("f"), field("ts"), field("x"))
             else {
-                return Err(DbError::Shape("room history entry fields"));
+                return Err(StoreError::Shape("room history entry fields").into());
             };
             out.push(RoomMsg {
                 room: room.to_owned(),
                 from,
                 id,
-                ts: ts.parse().map_err(|_| DbError::Shape("room history ts"))?,
+                ts: ts
+                    .parse()
+                    .map_err(|_| StoreError::Shape("room history ts"))?,
                 text: body,
             });
         }
         Ok(out)
-    }
-
-    /// Runs `cmds` as one pipeline (one write, one read: Redis runs them in
-    /// this order, back to back) and returns each one's reply. When Redis
-    /// has lost its script cache (a restart), the scripts are loaded and the
-    /// commands that met `NOSCRIPT`, and so did not run, are run again.
-    pub async fn run(&self, cmds: &[redis::Cmd]) -> Vec<Result<Value, DbError>> {
-        let mut conn = self.db.conn();
-        let mut results = match Self::pipeline(&mut conn, cmds.iter()).await {
-            Ok(r) => r,
-            Err(e) => {
-                let e = self.db.failed(e);
-                return cmds
-                    .iter()
-                    .map(|_| Err(DbError::Unavailable(e.to_string())))
-                    .collect();
-            }
-        };
-        let missing: Vec<usize> = results
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| matches!(r, Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)))
-            .map(|(i, _)| i)
-            .collect();
-        if !missing.is_empty() {
-            tracing::info!(
-                commands = missing.len(),
-                "redis lost its scripts; loading them again"
-            );
-            let retried = match self.db.scripts.send.load_async(&mut conn).await {
-                Ok(_) => Self::pipeline(&mut conn, missing.iter().map(|i| &cmds[*i])).await,
-                Err(e) => Err(e),
-            };
-            match retried {
-                Ok(again) => {
-                    for (i, r) in missing.into_iter().zip(again) {
-                        results[i] = r;
-                    }
-                }
-                Err(e) => {
-                    for i in missing {
-                        results[i] = Err(redis::RedisError::from((
-                            redis::ErrorKind::Io,
-                            "retry failed",
-                            e.to_string(),
-                        )));
-                    }
-                }
-            }
-        }
-        results
-            .into_iter()
-            .map(|r| r.map_err(|e| self.db.failed(e)))
-            .collect()
-    }
-
-    async fn pipeline<'a>(
-        conn: &mut redis::aio::ConnectionManager,
-        cmds: impl Iterator<Item = &'a redis::Cmd>,
-    ) -> redis::RedisResult<Vec<redis::RedisResult<Value>>> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for cmd in cmds {
-            pipe.add_command(cmd.clone());
-        }
-        pipe.query_async(conn).await
     }
 
     /// Reads up to `count` messages of `user`'s inbox after `after`.
@@ -209,76 +348,79 @@ impl Store {
         after: u64,
         count: usize,
     ) -> Result<InboxPage, DbError> {
-        let mut conn = self.db.conn();
-        let (range, seq): (StreamRangeReply, std::collections::HashMap<String, Value>) =
-            redis::pipe()
-                .cmd("XRANGE")
-                .arg(keys::inbox(user))
-                .arg(format!("({after}-0"))
-                .arg("+")
-                .arg("COUNT")
-                .arg(count)
-                .cmd("HGETALL")
-                .arg(keys::seq(user))
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.db.failed(e))?;
-        let mut messages = Vec::with_capacity(range.ids.len());
-        for entry in range.ids {
-            let seq = entry
-                .id
-                .split_once('-')
-                .and_then(|(s, _)| s.parse::<u64>().ok())
-                .ok_or(DbError::Shape("inbox entry id"))?;
-            let field = |k: &str| entry.map.get(k).and_then(text);
-            let (Some(id), Some(from), Some(to), Some(ts), Some(body)) =
-                (field("id"), field("f"), field("t"), field("ts"), field("x"))
-            else {
-                return Err(DbError::Shape("inbox entry fields"));
-            };
-            let ts = ts.parse().map_err(|_| DbError::Shape("inbox entry ts"))?;
-            messages.push((
-                seq,
-                DirectMsg {
-                    id,
-                    from,
-                    to,
-                    ts,
-                    text: body,
-                },
-            ));
+        let mut head = redis::pipe();
+        head.cmd("GET")
+            .arg(keys::epoch(user))
+            .cmd("XREVRANGE")
+            .arg(keys::inbox(user))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+        let (epoch, last): (Option<String>, StreamRangeReply) = self
+            .redis()
+            .query_pipe(&head)
+            .await
+            .map_err(|e| self.db.failed(e))?;
+        let Some(epoch) = epoch else {
+            return Ok(InboxPage::default());
+        };
+        let head = match last.ids.first() {
+            Some(e) => seq_of(&e.id)?,
+            None => 0,
+        };
+        let mut range = redis::cmd("XRANGE");
+        range.arg(keys::inbox(user));
+        if after == 0 {
+            range.arg("-");
+        } else {
+            range.arg(format!("({}", keys::inbox_entry_id(&epoch, after)));
+        }
+        range.arg("+").arg("COUNT").arg(count);
+        let entries: StreamRangeReply = self
+            .redis()
+            .query(&range)
+            .await
+            .map_err(|e| self.db.failed(e))?;
+        let mut messages = Vec::with_capacity(entries.ids.len());
+        for entry in entries.ids {
+            let seq = seq_of(&entry.id)?;
+            let msg = entry
+                .map
+                .get(shared::record::FIELD)
+                .and_then(text)
+                .and_then(|r| shared::record::decode(&r))
+                .ok_or(StoreError::Shape("inbox record"))?;
+            messages.push((seq, msg));
         }
         Ok(InboxPage {
             messages,
-            head: seq.get("n").and_then(int).unwrap_or(0),
-            epoch: seq.get("ep").and_then(text).unwrap_or_default(),
+            head,
+            epoch,
         })
     }
 
     /// The first seq still held in `user`'s inbox, if any.
     pub async fn first_seq(&self, user: &str) -> Result<Option<u64>, DbError> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(keys::inbox(user))
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1);
         let range: StreamRangeReply = self
-            .db
-            .conn()
-            .xrange_count(keys::inbox(user), "-", "+", 1)
+            .redis()
+            .query(&cmd)
             .await
             .map_err(|e| self.db.failed(e))?;
-        Ok(range
-            .ids
-            .first()
-            .and_then(|e| e.id.split_once('-'))
-            .and_then(|(s, _)| s.parse().ok()))
+        range.ids.first().map(|e| seq_of(&e.id)).transpose()
     }
 
     /// Advances a device's cursor to `seq` (never backwards).
     pub async fn ack(&self, user: &str, device: &str, seq: u64) -> Result<(), DbError> {
-        self.db
-            .scripts
-            .ack
-            .key(keys::cursor(user, device))
-            .arg(seq)
-            .arg(self.limits.inbox_max_age.as_secs().max(1))
-            .invoke_async::<u64>(&mut self.db.conn())
+        let ttl = self.limits.inbox_max_age.as_secs();
+        self.redis()
+            .invoke::<u64>(&scripts::ack(user, device, seq, ttl))
             .await
             .map_err(|e| self.db.failed(e))?;
         Ok(())
@@ -286,66 +428,45 @@ impl Store {
 
     /// A device's cursor (0 when it never acknowledged anything).
     pub async fn cursor(&self, user: &str, device: &str) -> Result<u64, DbError> {
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(keys::cursor(user, device));
         let v: Option<u64> = self
-            .db
-            .conn()
-            .get(keys::cursor(user, device))
+            .redis()
+            .query(&cmd)
             .await
             .map_err(|e| self.db.failed(e))?;
         Ok(v.unwrap_or(0))
     }
 }
 
-/// Reads the `send.lua` reply.
-pub fn parse_send_reply(mut msg: DirectMsg, reply: &[Value]) -> Result<Stored, DbError> {
-    let flag = reply
+/// A pipeline's error again, for the one write it failed.
+fn copy(e: &redis::RedisError) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn seq_of(id: &str) -> Result<u64, DbError> {
+    keys::parse_inbox_entry_id(id)
+        .map(|(_, seq)| seq)
+        .ok_or(StoreError::Shape("inbox entry id").into())
+}
+
+/// Reads a [`shared::keys::STORE_HALF`] reply (`{stream-id, dup}`) and the
+/// `HGETALL` of the user's sessions that followed it.
+fn parse_half_reply(reply: &[Value], sessions: &Value) -> Result<HalfStored, StoreError> {
+    let id = reply
         .first()
-        .and_then(int)
-        .ok_or(DbError::Shape("send flag"))?;
-    if flag == 1 {
-        // A retry: "id seq-to seq-from ts" of the first store.
-        let prev = reply
-            .get(1)
-            .and_then(text)
-            .ok_or(DbError::Shape("send dup record"))?;
-        let mut parts = prev.split(' ');
-        let (Some(id), Some(seq_to), Some(seq_from), Some(ts)) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(DbError::Shape("send dup record fields"));
-        };
-        let num = |s: &str| {
-            s.parse::<u64>()
-                .map_err(|_| DbError::Shape("send dup number"))
-        };
-        msg.id = id.to_owned();
-        msg.ts = num(ts)?;
-        return Ok(Stored {
-            msg,
-            seq_to: num(seq_to)?,
-            seq_from: num(seq_from)?,
-            to_servers: Vec::new(),
-            from_servers: Vec::new(),
-            duplicate: true,
-        });
-    }
-    let seq_to = reply
-        .get(2)
-        .and_then(int)
-        .ok_or(DbError::Shape("send seq-to"))?;
-    let seq_from = reply
-        .get(3)
-        .and_then(int)
-        .ok_or(DbError::Shape("send seq-from"))?;
-    let to_servers = reply.get(5).map(servers_of).unwrap_or_default();
-    let from_servers = reply.get(6).map(servers_of).unwrap_or_default();
-    Ok(Stored {
-        msg,
-        seq_to,
-        seq_from,
-        to_servers,
-        from_servers,
-        duplicate: false,
+        .and_then(text)
+        .ok_or(StoreError::Shape("half stream id"))?;
+    let (_, seq) = keys::parse_inbox_entry_id(&id).ok_or(StoreError::Shape("half stream id"))?;
+    let dup = reply
+        .get(1)
+        .and_then(redis_store::int)
+        .ok_or(StoreError::Shape("half duplicate flag"))?;
+    let servers = sessions::servers_of(sessions);
+    Ok(HalfStored {
+        seq,
+        fresh: dup == 0,
+        servers,
     })
 }
 
@@ -357,47 +478,23 @@ mod tests {
         Value::BulkString(s.as_bytes().to_vec())
     }
 
-    fn msg() -> DirectMsg {
-        DirectMsg {
-            id: "new".into(),
-            from: "a".into(),
-            to: "b".into(),
-            ts: 9,
-            text: "t".into(),
-        }
+    #[test]
+    fn a_half_reply_gives_seq_and_servers() {
+        let reply = vec![bulk("1700-3"), Value::Int(0)];
+        let sessions = Value::Array(vec![bulk("s1"), bulk("x:1")]);
+        let h = parse_half_reply(&reply, &sessions).expect("parses");
+        assert_eq!((h.seq, h.fresh), (4, true));
+        assert_eq!(h.servers, vec!["x".to_owned()]);
+        let dup = parse_half_reply(&[bulk("1700-0"), Value::Int(1)], &Value::Array(vec![]))
+            .expect("parses");
+        assert_eq!((dup.seq, dup.fresh), (1, false));
     }
 
     #[test]
-    fn a_stored_reply_names_the_servers() {
-        let reply = vec![
-            Value::Int(0),
-            bulk("new"),
-            Value::Int(4),
-            Value::Int(7),
-            bulk("9"),
-            Value::Array(vec![bulk("s1"), bulk("x:1")]),
-            Value::Array(vec![]),
-        ];
-        let s = parse_send_reply(msg(), &reply).expect("parses");
-        assert_eq!((s.seq_to, s.seq_from, s.duplicate), (4, 7, false));
-        assert_eq!(s.to_servers, vec!["x".to_owned()]);
-    }
-
-    #[test]
-    fn a_duplicate_reply_gives_the_first_answer() {
-        let reply = vec![Value::Int(1), bulk("old 3 5 1234")];
-        let s = parse_send_reply(msg(), &reply).expect("parses");
-        assert_eq!(
-            (s.msg.id.as_str(), s.seq_to, s.seq_from, s.msg.ts),
-            ("old", 3, 5, 1234)
-        );
-        assert!(s.duplicate);
-    }
-
-    #[test]
-    fn malformed_replies_are_errors() {
-        assert!(parse_send_reply(msg(), &[]).is_err());
-        assert!(parse_send_reply(msg(), &[Value::Int(1), bulk("old 3")]).is_err());
-        assert!(parse_send_reply(msg(), &[Value::Int(0), bulk("x")]).is_err());
+    fn malformed_half_replies_are_errors() {
+        let none = Value::Nil;
+        assert!(parse_half_reply(&[], &none).is_err());
+        assert!(parse_half_reply(&[bulk("nodash"), Value::Int(0)], &none).is_err());
+        assert!(parse_half_reply(&[bulk("1-0")], &none).is_err());
     }
 }

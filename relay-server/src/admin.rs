@@ -136,9 +136,8 @@ struct Health {
 }
 
 async fn healthz(ctx: &Ctx) -> Response<Full<Bytes>> {
-    let mut conn = ctx.redis.clone();
     let redis_up = matches!(
-        tokio::time::timeout(HEALTH_PING_TIMEOUT, registry::ping(&mut conn)).await,
+        tokio::time::timeout(HEALTH_PING_TIMEOUT, registry::ping(&ctx.redis)).await,
         Ok(Ok(()))
     );
     let health = Health {
@@ -169,8 +168,7 @@ struct ServerView {
 
 async fn servers(ctx: &Ctx) -> Response<Full<Bytes>> {
     let mut rows: BTreeMap<String, ServerView> = BTreeMap::new();
-    let mut conn = ctx.redis.clone();
-    match registry::read_all(&mut conn).await {
+    match registry::read_all(&ctx.redis).await {
         Ok(entries) => {
             let now = entry::now_ms();
             for (id, entry) in entries {

@@ -35,9 +35,9 @@ pub struct Config {
     #[arg(long, env = "SB_ADMIN", default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,
 
-    /// Redis URL (directory, registry, inboxes).
-    #[arg(long, env = "SB_REDIS", default_value = DEFAULT_REDIS)]
-    pub redis: String,
+    /// Where Redis is (`--redis`, `--redis-mode`, ...), as on the servers.
+    #[command(flatten)]
+    pub redis: redis_store::RedisArgs,
 
     /// File holding the shared link secret (one trailing newline is ignored).
     /// Without it the relay accepts only servers that have no secret either.
@@ -109,7 +109,7 @@ impl Default for Config {
         Config {
             listen: addr(DEFAULT_LISTEN),
             admin: addr(DEFAULT_ADMIN),
-            redis: DEFAULT_REDIS.to_owned(),
+            redis: redis_store::RedisArgs::single(DEFAULT_REDIS),
             link_secret_file: None,
             relay_id: "relay".to_owned(),
             heartbeat: Duration::from_millis(1000),

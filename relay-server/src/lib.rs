@@ -28,7 +28,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -72,9 +71,9 @@ pub enum RelayError {
     /// would silently mean "no secret").
     #[error("link secret: {0}")]
     Secret(#[from] entry::secret::SecretError),
-    /// The Redis URL is not one.
-    #[error("invalid redis url: {0}")]
-    Redis(#[source] redis::RedisError),
+    /// The Redis flags do not describe a usable Redis.
+    #[error("{0}")]
+    Redis(#[source] redis_store::StoreError),
 }
 
 /// State shared by every task of one running relay.
@@ -84,8 +83,7 @@ pub(crate) struct Ctx {
     pub(crate) secret: Vec<u8>,
     pub(crate) routes: routes::Routes,
     pub(crate) metrics: Metrics,
-    pub(crate) redis: ConnectionManager,
-    pub(crate) scripts: purge::Scripts,
+    pub(crate) redis: redis_store::Redis,
     /// The last purges, for the dashboard.
     pub(crate) purge_log: purge_log::PurgeLog,
     /// Cancelled when the relay stops.
@@ -104,7 +102,7 @@ pub struct Bound {
     admin: TcpListener,
     link_addr: SocketAddr,
     admin_addr: SocketAddr,
-    redis: ConnectionManager,
+    redis: redis_store::Redis,
     metrics: Metrics,
     tls: Option<tls_config::TlsAcceptor>,
 }
@@ -187,7 +185,6 @@ impl Bound {
             routes: routes::Routes::new(),
             metrics: self.metrics,
             redis: self.redis,
-            scripts: purge::Scripts::new(),
             purge_log: purge_log::PurgeLog::default(),
             shutdown: shutdown.child_token(),
             tracker: TaskTracker::new(),

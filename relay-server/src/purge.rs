@@ -2,46 +2,34 @@
 //! periodic sweep of the registry.
 //!
 //! - **After a death** (a link ended without `Bye`): wait `--purge-grace`;
-//!   if the server has not linked again with the same epoch, run
-//!   [`keys::PURGE_SERVER`] in `epoch` mode, retrying on Redis errors. The
+//!   if the server has not linked again with the same epoch, purge that
+//!   epoch ([`PurgeMode::Epoch`]), retrying on Redis errors. The
 //!   time from the server's last frame to the end of the purge goes into
 //!   `relay_purge_seconds`.
 //! - **The sweep** (at start-up and every `--sweep-interval`) catches
 //!   servers that died while no relay watched them: an id in `sb:servers`
-//!   whose entry expired is purged with [`keys::PURGE_SERVER`] in `gone` mode (every epoch);
+//!   whose entry expired is purged in [`PurgeMode::Gone`] (every epoch);
 //!   an entry whose `seen` is older than `--stale-after`, for a server not
-//!   linked here, is purged in `epoch` mode.
+//!   linked here, in [`PurgeMode::Epoch`].
 //!
-//! Both scripts are idempotent and compare epochs, so several relays
+//! The purge ([`redis_store::purge`]) goes user by user, each step
+//! idempotent and compare-and-delete by epoch, so several relays
 //! purging the same server, or a purge racing the server's own restart,
 //! remove nothing that is alive. (A live server whose entry was purged by
 //! mistake finds its entry missing at its next refresh and writes its
-//! sessions again.)
+//! sessions again.) A purge cut short (this relay killed) leaves the
+//! server's id and index entries behind, and the next sweep finishes it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::{RedisResult, Script};
+use redis_store::{PurgeMode, StoreError};
 use shared::backoff::Backoff;
-use shared::keys;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Ctx;
 use crate::registry::{self, Entry};
-
-/// The purge scripts, hashed once.
-pub(crate) struct Scripts {
-    purge: Script,
-}
-
-impl Scripts {
-    pub(crate) fn new() -> Scripts {
-        Scripts {
-            purge: Script::new(keys::PURGE_SERVER),
-        }
-    }
-}
 
 /// Schedules the purge of `server`/`epoch`, whose link just died; `last_heard`
 /// is when its last frame arrived.
@@ -103,29 +91,16 @@ async fn after_death(ctx: Arc<Ctx>, server: String, epoch: u64, last_heard: Inst
     }
 }
 
-/// [`keys::PURGE_SERVER`] in `epoch` mode; the number of sessions removed.
-async fn purge_epoch(ctx: &Ctx, server: &str, epoch: u64) -> RedisResult<u64> {
-    let removed = purge(ctx, server, &epoch.to_string(), "epoch").await?;
-    Ok(u64::try_from(removed).unwrap_or(0))
+/// Purges one epoch of `server`; the number of sessions removed.
+async fn purge_epoch(ctx: &Ctx, server: &str, epoch: u64) -> Result<u64, StoreError> {
+    let removed = redis_store::purge(&ctx.redis, server, PurgeMode::Epoch(epoch)).await?;
+    Ok(removed.unwrap_or(0))
 }
 
-/// [`keys::PURGE_SERVER`] in `gone` mode; `None` when the entry exists after all.
-async fn purge_gone(ctx: &Ctx, server: &str) -> RedisResult<Option<u64>> {
-    let removed = purge(ctx, server, "", "gone").await?;
-    Ok(u64::try_from(removed).ok())
-}
-
-/// One run of [`keys::PURGE_SERVER`]; its raw answer.
-async fn purge(ctx: &Ctx, server: &str, epoch: &str, mode: &str) -> RedisResult<i64> {
-    let mut conn = ctx.redis.clone();
-    let mut call = ctx.scripts.purge.prepare_invoke();
-    call.key(keys::server_sessions(server))
-        .key(keys::server(server))
-        .key(keys::SERVERS)
-        .arg(server)
-        .arg(epoch)
-        .arg(mode);
-    registry::call(call.invoke_async(&mut conn)).await
+/// Purges every epoch of `server` whose entry expired; `None` when the
+/// entry exists after all.
+async fn purge_gone(ctx: &Ctx, server: &str) -> Result<Option<u64>, StoreError> {
+    redis_store::purge(&ctx.redis, server, PurgeMode::Gone).await
 }
 
 /// Waits until Redis answers (logging once while it does not), then sweeps
@@ -159,10 +134,9 @@ pub(crate) async fn sweep_loop(ctx: Arc<Ctx>) {
 /// Pings Redis with backoff until it answers (`true`) or shutdown (`false`).
 async fn wait_for_redis(ctx: &Ctx) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
-    let mut conn = ctx.redis.clone();
     let mut failed = false;
     loop {
-        match registry::ping(&mut conn).await {
+        match registry::ping(&ctx.redis).await {
             Ok(()) => {
                 if failed {
                     info!("redis reachable");
@@ -172,7 +146,7 @@ async fn wait_for_redis(ctx: &Ctx) -> bool {
             Err(error) => {
                 ctx.metrics.redis_error();
                 if !failed {
-                    warn!(%error, url = %ctx.config.redis, "redis unreachable; retrying (links are served meanwhile)");
+                    warn!(%error, redis = %ctx.config.redis.describe(), "redis unreachable; retrying (links are served meanwhile)");
                     failed = true;
                 }
             }
@@ -185,9 +159,8 @@ async fn wait_for_redis(ctx: &Ctx) -> bool {
 }
 
 /// One pass over the registry.
-async fn sweep(ctx: &Ctx) -> RedisResult<()> {
-    let mut conn = ctx.redis.clone();
-    let entries = registry::read_all(&mut conn).await?;
+async fn sweep(ctx: &Ctx) -> Result<(), StoreError> {
+    let entries = registry::read_all(&ctx.redis).await?;
     let now = entry::now_ms();
     let stale_ms = u64::try_from(ctx.config.stale_after.as_millis()).unwrap_or(u64::MAX);
     for (server, entry) in entries {

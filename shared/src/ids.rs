@@ -80,9 +80,39 @@ pub fn parse_location(loc: &str) -> Option<(&str, u64)> {
     Some((server, epoch.parse().ok()?))
 }
 
+/// The message id of a direct message sent with a client id: the same for
+/// every retry of that send, whichever server takes it, so that both halves
+/// of the message (the recipient's and the sender's inbox) can be stored at
+/// the same time and each recognises a retry by this id alone. `c` and 24
+/// hex digits of SHA-256 over sender and cid.
+pub fn cid_message_id(from: &str, cid: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(from.as_bytes())
+        .chain_update(b" ")
+        .chain_update(cid.as_bytes())
+        .finalize();
+    let mut id = String::with_capacity(25);
+    id.push('c');
+    for b in &digest[..12] {
+        id.push_str(&format!("{b:02x}"));
+    }
+    id
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cid_gives_one_message_id_per_sender() {
+        let id = cid_message_id("alice", "c-17");
+        assert_eq!(id, cid_message_id("alice", "c-17"));
+        assert_eq!(id.len(), 25);
+        assert!(check_name(&id).is_ok());
+        assert_ne!(id, cid_message_id("bob", "c-17"));
+        assert_ne!(id, cid_message_id("alice", "c-18"));
+    }
 
     #[test]
     fn names_are_checked() {

@@ -1,22 +1,24 @@
 //! Redis key names and the Lua scripts that change them.
 //!
-//! Every key lives under [`PREFIX`]. The layout (DESIGN.md, "Redis data model"):
+//! Every key lives under [`PREFIX`] and, except the one set of server ids,
+//! under a hash tag naming its owner, so that everything one script or one
+//! transaction touches sits in one Redis Cluster slot:
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `sb:servers` | set | ids of registered servers |
-//! | `sb:srv:{id}` | hash, TTL | `epoch ws tcp conns cap seen` of one server |
-//! | `sb:user:{user}` | hash | `session-id -> server-id:epoch`, every live device |
-//! | `sb:srvsess:{id}` | hash | `session-id -> "epoch user"`, so a purge is one script |
-//! | `sb:seq:{user}` | hash | `n` (last inbox seq) and `ep` (inbox epoch) |
-//! | `sb:inbox:{user}` | stream, TTL | messages, stream id `<seq>-0` |
-//! | `sb:cur:{user}:{device}` | string, TTL | the device's ACK cursor |
-//! | `sb:cid:{user}:{cid}` | string, TTL | `"msg-id seq-to seq-from ts"` of a stored send |
-//! | `sb:room:{room}` | stream | bounded room history |
+//! | `sb:servers` | set | ids of registered servers (its own slot, single-key commands only) |
+//! | `sb:{s:<id>}:srv` | hash, TTL | `epoch ws tcp conns cap seen` of one server ([`crate::registry`]) |
+//! | `sb:{s:<id>}:sess` | hash | `session-id -> "epoch user"`: the sessions a purge walks |
+//! | `sb:{u:<user>}:sess` | hash | `session-id -> server-id:epoch`, every live device |
+//! | `sb:{u:<user>}:ep` | string | the inbox epoch (unix ms of the inbox's start) |
+//! | `sb:{u:<user>}:inbox` | stream, TTL | one field `m` per message ([`crate::record`]), id `<epoch>-<seq - 1>` |
+//! | `sb:{u:<user>}:cur:<device>` | string, TTL | the device's ACK cursor |
+//! | `sb:{u:<user>}:dm:<msg-id>` | string, TTL | this inbox's id of a message sent with a `cid` (idempotent half) |
+//! | `sb:{r:<room>}:hist` | stream | bounded room history |
 //!
-//! Scripts take their keys in `KEYS` except where they must find them in
-//! data ([`PURGE_SERVER`] walks `sb:srvsess:{id}` to the user hashes), which
-//! is fine on one Redis and would need hash tags on a cluster.
+//! The inbox's sequence numbers need no counter key: `XADD <epoch>-*` makes
+//! Redis number the entries `<epoch>-0`, `<epoch>-1`, ... so entry
+//! `<epoch>-k` is seq `k + 1`, dense per inbox.
 
 /// The prefix of every key.
 pub const PREFIX: &str = "sb:";
@@ -24,71 +26,124 @@ pub const PREFIX: &str = "sb:";
 /// Set of registered server ids.
 pub const SERVERS: &str = "sb:servers";
 
-/// Registry hash of one server.
-pub fn server(id: &str) -> String {
-    format!("sb:srv:{id}")
+/// The hash tag of one user's keys.
+pub fn user_tag(user: &str) -> String {
+    format!("sb:{{u:{user}}}")
 }
 
-/// Sessions of one user: `session-id -> server-id:epoch`.
-pub fn user(user: &str) -> String {
-    format!("sb:user:{user}")
+/// Registry hash of one server.
+pub fn server(id: &str) -> String {
+    format!("sb:{{s:{id}}}:srv")
 }
 
 /// Sessions held by one server: `session-id -> "epoch user"`.
 pub fn server_sessions(id: &str) -> String {
-    format!("sb:srvsess:{id}")
+    format!("sb:{{s:{id}}}:sess")
 }
 
-/// Inbox sequence counter and epoch of one user.
-pub fn seq(user: &str) -> String {
-    format!("sb:seq:{user}")
+/// Sessions of one user: `session-id -> server-id:epoch`.
+pub fn user_sessions(user: &str) -> String {
+    format!("sb:{{u:{user}}}:sess")
+}
+
+/// Inbox epoch of one user.
+pub fn epoch(user: &str) -> String {
+    format!("sb:{{u:{user}}}:ep")
 }
 
 /// Inbox stream of one user.
 pub fn inbox(user: &str) -> String {
-    format!("sb:inbox:{user}")
+    format!("sb:{{u:{user}}}:inbox")
 }
 
 /// ACK cursor of one device of one user.
 pub fn cursor(user: &str, device: &str) -> String {
-    format!("sb:cur:{user}:{device}")
+    format!("sb:{{u:{user}}}:cur:{device}")
 }
 
-/// De-duplication record of one client message id of one sender.
-pub fn cid(user: &str, cid: &str) -> String {
-    format!("sb:cid:{user}:{cid}")
+/// The record that makes one half of a message idempotent: the id the
+/// message got in `user`'s inbox.
+pub fn stored_half(user: &str, msg_id: &str) -> String {
+    format!("sb:{{u:{user}}}:dm:{msg_id}")
 }
 
 /// History stream of one room.
 pub fn room(room: &str) -> String {
-    format!("sb:room:{room}")
+    format!("sb:{{r:{room}}}:hist")
 }
 
-/// Adds a session: `KEYS = [user, srvsess]`, `ARGV = [session, location, epoch, user]`.
+/// The stream id of seq `seq` (1-based) in an inbox of epoch `epoch`.
+pub fn inbox_entry_id(epoch: &str, seq: u64) -> String {
+    format!("{epoch}-{}", seq.saturating_sub(1))
+}
+
+/// The seq of an inbox stream id `<epoch>-<k>`: `k + 1`, and the epoch.
+pub fn parse_inbox_entry_id(id: &str) -> Option<(&str, u64)> {
+    let (epoch, k) = id.split_once('-')?;
+    let k: u64 = k.parse().ok()?;
+    Some((epoch, k.checked_add(1)?))
+}
+
+/// Adds a session of one user, unless the user already holds the most
+/// sessions allowed. `KEYS = [user-sessions]`,
+/// `ARGV = [session, "server:epoch", max (0: no limit)]`; returns 1, or 0
+/// when refused.
 pub const SESSION_ADD: &str = include_str!("lua/session_add.lua");
 
-/// Removes a session if it is still the one this server/epoch wrote
-/// (compare-and-delete): `KEYS = [user, srvsess]`, `ARGV = [session, location]`.
+/// Removes a session of one user if it is still the one this server/epoch
+/// wrote (compare-and-delete): `KEYS = [user-sessions]`,
+/// `ARGV = [session, "server:epoch"]`; returns 1 if removed.
 pub const SESSION_DEL: &str = include_str!("lua/session_del.lua");
 
-/// Removes what a server left: every session of one epoch (`mode = "epoch"`,
-/// the relay purging a dead server), of every epoch but one (`mode =
-/// "others"`, a server starting with a new epoch), or of every epoch once its
-/// registry entry has expired (`mode = "gone"`, the relay's sweep; -1 when
-/// the entry exists after all).
-/// `KEYS = [srvsess, srv, servers]`, `ARGV = [server-id, epoch, mode]`.
-/// Returns the number of sessions removed. Idempotent.
-pub const PURGE_SERVER: &str = include_str!("lua/purge_server.lua");
-
-/// Refreshes a server's registry entry. Returns 0 when the entry was missing
-/// (first start, or Redis lost it), which tells the server to write its live
-/// sessions again. `KEYS = [srv, servers]`,
-/// `ARGV = [id, epoch, ws, tcp, conns, cap, now-ms, ttl-s]`.
+/// Writes a server's registry hash with a TTL; returns 1 if it existed.
+/// `KEYS = [srv]`, `ARGV = [epoch, ws, tcp, conns, cap, now-ms, ttl-s]`.
 pub const REGISTER: &str = include_str!("lua/register.lua");
 
-/// Stores a direct message in both inboxes and returns where to push it.
-/// See the script's header for its keys and arguments.
-pub const SEND: &str = include_str!("lua/send.lua");
+/// Deletes a server's registry hash if it still names `epoch`
+/// (compare-and-delete): `KEYS = [srv]`, `ARGV = [epoch]`; returns 1 if deleted.
+pub const UNREGISTER: &str = include_str!("lua/unregister.lua");
+
+/// Appends one half of a direct message to one user's inbox, idempotent
+/// by message id when asked; see the script's header.
+pub const STORE_HALF: &str = include_str!("lua/store_half.lua");
 
 /// Advances a device cursor, never backwards: `KEYS = [cursor]`, `ARGV = [seq, ttl-s]`.
 pub const ACK: &str = include_str!("lua/ack.lua");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hash tag Redis Cluster hashes: the part between the first `{`
+    /// and the next `}`.
+    fn tag(key: &str) -> &str {
+        let open = key.find('{').expect("has a tag");
+        let close = key[open..].find('}').expect("closed") + open;
+        &key[open + 1..close]
+    }
+
+    #[test]
+    fn every_key_of_a_user_shares_one_tag() {
+        let keys = [
+            user_sessions("alice"),
+            epoch("alice"),
+            inbox("alice"),
+            cursor("alice", "phone"),
+            stored_half("alice", "m-1"),
+        ];
+        assert!(keys.iter().all(|k| tag(k) == "u:alice"), "{keys:?}");
+        assert!(keys.iter().all(|k| k.starts_with(PREFIX)));
+        assert_eq!(tag(&server("a")), tag(&server_sessions("a")));
+        assert_eq!(tag(&room("lobby")), "r:lobby");
+        assert_ne!(tag(&user_sessions("bob")), tag(&user_sessions("alice")));
+    }
+
+    #[test]
+    fn inbox_ids_map_to_dense_seqs() {
+        assert_eq!(inbox_entry_id("1700", 1), "1700-0");
+        assert_eq!(parse_inbox_entry_id("1700-0"), Some(("1700", 1)));
+        assert_eq!(parse_inbox_entry_id("1700-41"), Some(("1700", 42)));
+        assert_eq!(parse_inbox_entry_id("1700"), None);
+        assert_eq!(parse_inbox_entry_id("1700-x"), None);
+    }
+}

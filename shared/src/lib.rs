@@ -11,6 +11,8 @@
 //! - [`client`]: the client grammar (text lines and JSON), parsed into
 //!   [`client::Request`]s and rendered from [`client::Reply`] / [`client::Event`];
 //! - [`keys`]: Redis key names and the Lua scripts that update them;
+//! - [`record`]: a direct message as one inbox entry;
+//! - [`registry`]: a server's registry entry, parsed once for both binaries;
 //! - [`config`]: how durations are written in flags.
 
 pub mod backoff;
@@ -20,3 +22,5 @@ pub mod config;
 pub mod ids;
 pub mod keys;
 pub mod link;
+pub mod record;
+pub mod registry;

@@ -10,7 +10,8 @@ use relay_server::Metrics as RelayMetrics;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{RedisServer, eventually};
+use crate::eventually;
+use crate::redis_server::{RedisKind, TestRedis};
 
 /// One in-process message server.
 pub struct Server {
@@ -102,7 +103,7 @@ impl Relay {
     /// A relay with default settings on `redis`.
     pub async fn start_default(redis: &str) -> Relay {
         let config = relay_server::Config {
-            redis: redis.to_owned(),
+            redis: redis_store::RedisArgs::single(redis),
             ..relay_server::Config::default()
         };
         Relay::start(config).await
@@ -122,9 +123,9 @@ impl Relay {
     }
 }
 
-/// Redis, a relay and servers named `a`, `b`, `c`, ...
+/// Redis (one, or a Redis Cluster), a relay and servers named `a`, `b`, `c`, ...
 pub struct Cluster {
-    pub redis: RedisServer,
+    pub redis: TestRedis,
     pub relay: Relay,
     pub servers: Vec<Server>,
 }
@@ -135,10 +136,27 @@ impl Cluster {
         Cluster::start_with(n, |_| {}).await
     }
 
-    /// Like [`Cluster::start`], letting the caller adjust each server's config.
+    /// Like [`Cluster::start`], letting the caller adjust each server's
+    /// config. Over one Redis, or a Redis Cluster with `SB_TEST_REDIS=cluster`.
     pub async fn start_with(n: usize, adjust: impl Fn(&mut message_server::Config)) -> Cluster {
-        let redis = RedisServer::start();
-        let relay = Relay::start_default(&redis.url()).await;
+        Cluster::start_over(RedisKind::from_env(), n, adjust).await
+    }
+
+    /// Like [`Cluster::start_with`] over a Redis of `kind` (one, or a
+    /// 3-master Redis Cluster).
+    pub async fn start_over(
+        kind: RedisKind,
+        n: usize,
+        adjust: impl Fn(&mut message_server::Config),
+    ) -> Cluster {
+        let redis = tokio::task::spawn_blocking(move || TestRedis::start(kind))
+            .await
+            .expect("redis starts");
+        let relay = Relay::start(relay_server::Config {
+            redis: redis.args(),
+            ..relay_server::Config::default()
+        })
+        .await;
         let mut cluster = Cluster {
             redis,
             relay,
@@ -158,7 +176,8 @@ impl Cluster {
         adjust: impl Fn(&mut message_server::Config),
     ) -> &Server {
         let mut config =
-            message_server::Config::local(id, &self.redis.url(), Some(self.relay.link));
+            message_server::Config::local(id, "redis://unused/", Some(self.relay.link));
+        config.redis = self.redis.args();
         adjust(&mut config);
         let server = Server::start(config).await;
         self.servers.push(server);

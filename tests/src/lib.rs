@@ -12,7 +12,7 @@ pub mod clients;
 pub mod redis_server;
 
 pub use clients::{LineClient, TcpClient, WsClient};
-pub use redis_server::RedisServer;
+pub use redis_server::{RedisCluster, RedisKind, RedisSentinel, RedisServer, TestRedis};
 
 /// How long a test waits for an expected line before failing.
 pub const WAIT: std::time::Duration = std::time::Duration::from_secs(10);

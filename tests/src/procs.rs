@@ -57,8 +57,14 @@ fn strip_ansi(s: &str) -> String {
 impl Proc {
     /// Starts `bin` with `args`; its stdout and stderr are collected.
     pub fn spawn(name: &str, bin: &str, args: &[String]) -> Proc {
+        Proc::spawn_env(name, bin, args, &[])
+    }
+
+    /// Like [`Proc::spawn`], with extra environment variables.
+    pub fn spawn_env(name: &str, bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
         let mut child = Command::new(bin_path(bin))
             .args(args)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -208,6 +214,18 @@ impl ServerProc {
     /// Starts server `id` linked to `relay`, insecure login, with `extra`
     /// flags (an `--ws`, `--tcp` or `--relay` there replaces the default).
     pub fn start(id: &str, redis: &str, relay: SocketAddr, extra: &[&str]) -> ServerProc {
+        ServerProc::start_env(id, redis, relay, extra, &[])
+    }
+
+    /// Like [`ServerProc::start`], with extra environment variables (for
+    /// example the test-only `SB_TEST_CRASH`).
+    pub fn start_env(
+        id: &str,
+        redis: &str,
+        relay: SocketAddr,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> ServerProc {
         let mut args: Vec<String> = vec!["--id".into(), id.into()];
         let relay = relay.to_string();
         for (flag, default) in [
@@ -221,7 +239,7 @@ impl ServerProc {
         }
         args.extend(["--redis".into(), redis.into(), "--insecure-login".into()]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let proc = Proc::spawn(&format!("server-{id}"), MESSAGE_SERVER, &args);
+        let proc = Proc::spawn_env(&format!("server-{id}"), MESSAGE_SERVER, &args, env);
         let line = proc.wait_line("listening ws=", Duration::from_secs(20));
         ServerProc {
             id: id.to_owned(),

@@ -137,11 +137,8 @@ async fn a_retried_send_with_the_same_cid_is_stored_once() {
         (Some(1), Some("c-42"))
     );
     assert_eq!(again["seq"], first["seq"]);
-    let mut conn = c.redis.conn();
-    let len: u64 = redis::cmd("XLEN")
-        .arg("sb:inbox:bob")
-        .query(&mut conn)
-        .expect("xlen");
+    let key = "sb:{u:bob}:inbox";
+    let len: u64 = c.redis.cmd_on(key, redis::cmd("XLEN").arg(key));
     assert_eq!(len, 1, "bob's inbox holds the message once");
 }
 

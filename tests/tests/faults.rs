@@ -74,19 +74,19 @@ async fn a_killed_server_is_purged_within_5_seconds() {
     assert_eq!(who(&mut alice, "carol").await, "OFFLINE carol");
     assert!(
         redis
-            .keys("sb:user:*")
+            .keys("sb:{u:*}:sess")
             .iter()
-            .all(|k| k == "sb:user:alice" || k == "sb:user:probe"),
+            .all(|k| k == "sb:{u:alice}:sess" || k == "sb:{u:probe}:sess"),
         "{:?}",
-        redis.keys("sb:user:*")
+        redis.keys("sb:{u:*}:sess")
     );
     assert!(
-        redis.keys("sb:srv:a").is_empty(),
+        redis.keys("sb:{s:a}:srv").is_empty(),
         "registry entry of a is gone"
     );
     let mut conn = redis.conn();
     let held: u64 = redis::cmd("HLEN")
-        .arg("sb:srvsess:a")
+        .arg("sb:{s:a}:sess")
         .query(&mut conn)
         .expect("hlen");
     assert_eq!(held, 0);
@@ -185,15 +185,15 @@ async fn users_are_visible_again_after_redis_restarts_empty() {
     let mut alice = WsClient::login(c.server("a").ws, "alice").await;
     let mut bob = TcpClient::login(c.server("b").tcp, "bob").await;
     c.redis.restart(true);
-    assert!(c.redis.keys("sb:user:*").is_empty());
+    assert!(c.redis.keys("sb:{u:*}:sess").is_empty());
     let back = eventually(Duration::from_secs(8), || async {
-        (c.redis.keys("sb:user:*") == ["sb:user:alice", "sb:user:bob"]).then_some(())
+        (c.redis.keys("sb:{u:*}:sess") == ["sb:{u:alice}:sess", "sb:{u:bob}:sess"]).then_some(())
     })
     .await;
     assert!(
         back.is_some(),
         "sessions written again: {:?}",
-        c.redis.keys("sb:user:*")
+        c.redis.keys("sb:{u:*}:sess")
     );
     alice.send("WHO bob").await;
     assert_eq!(alice.expect_prefix("O").await, "ONLINE bob 1");
@@ -224,7 +224,7 @@ async fn silent_clients_are_closed_after_the_idle_timeout() {
     .expect("handshake");
     let mut telnet = TcpClient::login(a.tcp, "quiet").await;
     eventually(Duration::from_secs(3), || async {
-        (!c.redis.keys("sb:user:ghost").is_empty()).then_some(())
+        (!c.redis.keys("sb:{u:ghost}:sess").is_empty()).then_some(())
     })
     .await
     .expect("ghost logged in");
@@ -250,13 +250,13 @@ async fn silent_clients_are_closed_after_the_idle_timeout() {
     );
     assert!(closed_after < Duration::from_secs(4));
     let gone = eventually(Duration::from_secs(3), || async {
-        (c.redis.keys("sb:user:*").is_empty()).then_some(())
+        (c.redis.keys("sb:{u:*}:sess").is_empty()).then_some(())
     })
     .await;
     assert!(
         gone.is_some(),
         "idle sessions removed from Redis: {:?}",
-        c.redis.keys("sb:user:*")
+        c.redis.keys("sb:{u:*}:sess")
     );
 }
 
@@ -268,7 +268,7 @@ async fn sigterm_closes_sessions_cleans_redis_and_exits_0() {
     a.wait_linked(1);
     let mut ws = WsClient::login(a.ws, "alice").await;
     let mut telnet = TcpClient::login(a.tcp, "bob").await;
-    assert!(!redis.keys("sb:user:*").is_empty());
+    assert!(!redis.keys("sb:{u:*}:sess").is_empty());
     a.proc.term();
     assert_eq!(ws.expect_close().await, Some(1001));
     assert_eq!(telnet.recv().await, "BYE");
@@ -278,14 +278,14 @@ async fn sigterm_closes_sessions_cleans_redis_and_exits_0() {
         .expect("exits in time");
     assert!(status.success(), "exit status {status:?}");
     assert!(
-        redis.keys("sb:user:*").is_empty(),
+        redis.keys("sb:{u:*}:sess").is_empty(),
         "{:?}",
-        redis.keys("sb:user:*")
+        redis.keys("sb:{u:*}:sess")
     );
     assert!(
-        redis.keys("sb:srv:*").is_empty(),
+        redis.keys("sb:{s:*}:srv").is_empty(),
         "{:?}",
-        redis.keys("sb:srv:*")
+        redis.keys("sb:{s:*}:srv")
     );
     let mut conn = redis.conn();
     let members: Vec<String> = redis::cmd("SMEMBERS")
@@ -324,7 +324,7 @@ async fn a_restarted_server_removes_what_its_previous_life_left() {
     let _bob = WsClient::login(a.ws, "bob").await;
     let epoch = |conn: &mut redis::Connection| -> Option<String> {
         redis::cmd("HGET")
-            .arg("sb:srv:a")
+            .arg("sb:{s:a}:srv")
             .arg("epoch")
             .query(conn)
             .expect("hget")
@@ -337,20 +337,20 @@ async fn a_restarted_server_removes_what_its_previous_life_left() {
     a.proc.kill9();
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
-        redis.keys("sb:user:*"),
-        ["sb:user:bob"],
+        redis.keys("sb:{u:*}:sess"),
+        ["sb:{u:bob}:sess"],
         "the crash left bob behind"
     );
 
     let a2 = ServerProc::start("a", &redis.url(), nowhere, &[]);
     let cleaned = eventually(Duration::from_secs(5), || async {
-        redis.keys("sb:user:*").is_empty().then_some(())
+        redis.keys("sb:{u:*}:sess").is_empty().then_some(())
     })
     .await;
     assert!(
         cleaned.is_some(),
         "the new start removed the old sessions: {:?}",
-        redis.keys("sb:user:*")
+        redis.keys("sb:{u:*}:sess")
     );
     let second = eventually(Duration::from_secs(5), || async {
         epoch(&mut redis.conn()).filter(|e| *e != first)

@@ -201,7 +201,7 @@ async fn setup() -> Ctx {
     std::fs::write(&secret_file, SECRET).expect("write secret");
     std::fs::write(&link_file, LINK_SECRET).expect("write link secret");
     let relay = Relay::start(relay_server::Config {
-        redis: redis.url(),
+        redis: redis_store::RedisArgs::single(&redis.url()),
         link_secret_file: Some(link_file.clone()),
         handshake_timeout: Duration::from_secs(2),
         ..relay_server::Config::default()

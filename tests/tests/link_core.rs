@@ -113,7 +113,7 @@ async fn a_link_secret_ending_in_a_space_links_a_real_relay_and_server() {
     let secret = dir.path().join("link-secret");
     std::fs::write(&secret, "correct horse battery staple \n").expect("write");
     let relay = Relay::start(relay_server::Config {
-        redis: redis.url(),
+        redis: redis_store::RedisArgs::single(&redis.url()),
         link_secret_file: Some(secret.clone()),
         ..relay_server::Config::default()
     })

@@ -39,7 +39,7 @@ async fn start_relay(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> Re
     let mut config = Config {
         listen: "127.0.0.1:0".parse().expect("addr"),
         admin: "127.0.0.1:0".parse().expect("addr"),
-        redis: redis.url(),
+        redis: redis_store::RedisArgs::single(&redis.url()),
         ..Config::default()
     };
     tweak(&mut config);
@@ -114,8 +114,6 @@ fn now_ms() -> u64 {
 fn register(redis: &RedisServer, id: &str, epoch: u64, seen_ms: u64) {
     let _: i64 = redis::Script::new(keys::REGISTER)
         .key(keys::server(id))
-        .key(keys::SERVERS)
-        .arg(id)
         .arg(epoch)
         .arg(format!("127.0.0.1:19{epoch:03}"))
         .arg(format!("127.0.0.1:29{epoch:03}"))
@@ -125,23 +123,34 @@ fn register(redis: &RedisServer, id: &str, epoch: u64, seen_ms: u64) {
         .arg(60)
         .invoke(&mut redis.conn())
         .expect("REGISTER");
+    let _: i64 = redis.conn().sadd(keys::SERVERS, id).expect("SADD");
 }
 
-/// Adds a session as a message server does.
+/// Adds a session as a message server does: the server's index first,
+/// then the user's hash.
 fn add_session(redis: &RedisServer, user: &str, session: u64, server: &str, epoch: u64) {
+    let _: i64 = redis
+        .conn()
+        .hset(
+            keys::server_sessions(server),
+            SessionId(session).to_string(),
+            format!("{epoch} {user}"),
+        )
+        .expect("HSET");
     let _: i64 = redis::Script::new(keys::SESSION_ADD)
-        .key(keys::user(user))
-        .key(keys::server_sessions(server))
+        .key(keys::user_sessions(user))
         .arg(SessionId(session).to_string())
         .arg(session_location(server, epoch))
-        .arg(epoch)
-        .arg(user)
+        .arg(0)
         .invoke(&mut redis.conn())
         .expect("SESSION_ADD");
 }
 
 fn sessions_of(redis: &RedisServer, user: &str) -> Vec<String> {
-    let mut fields: Vec<String> = redis.conn().hkeys(keys::user(user)).expect("HKEYS");
+    let mut fields: Vec<String> = redis
+        .conn()
+        .hkeys(keys::user_sessions(user))
+        .expect("HKEYS");
     fields.sort();
     fields
 }

@@ -116,7 +116,7 @@ async fn the_relay_link_runs_over_tls() {
     let (cert, key) = write_self_signed(dir.path());
     let redis = switchboard_tests::RedisServer::start();
     let relay = switchboard_tests::Relay::start(relay_server::Config {
-        redis: redis.url(),
+        redis: redis_store::RedisArgs::single(&redis.url()),
         tls_cert: Some(cert.clone()),
         tls_key: Some(key),
         ..relay_server::Config::default()

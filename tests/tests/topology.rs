@@ -174,22 +174,20 @@ async fn who_tracks_presence_and_closed_sessions_leave_nothing_in_redis() {
     );
     drop(bob2);
     let gone = switchboard_tests::eventually(Duration::from_secs(5), || async {
-        c.redis.keys("sb:user:bob").is_empty().then_some(())
+        c.redis.keys("sb:{u:bob}:sess").is_empty().then_some(())
     })
     .await;
     assert!(
         gone.is_some(),
         "bob's sessions left Redis: {:?}",
-        c.redis.keys("sb:user:*")
+        c.redis.keys("sb:{u:*}:sess")
     );
     alice.send("WHO bob").await;
     assert_eq!(alice.recv().await, "OFFLINE bob");
-    let mut conn = c.redis.conn();
     for id in ["a", "b"] {
-        let held: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(format!("sb:srvsess:{id}"))
-            .query(&mut conn)
-            .expect("hgetall");
+        let key = format!("sb:{{s:{id}}}:sess");
+        let held: std::collections::HashMap<String, String> =
+            c.redis.cmd_on(&key, redis::cmd("HGETALL").arg(&key));
         assert!(
             held.values().all(|v| !v.ends_with(" bob")),
             "server {id} still lists bob: {held:?}"

@@ -45,6 +45,17 @@ impl Session {
                     // What arrived while this device was away.
                     return self.replay_unacked(conn).await;
                 }
+                Err(e) if e.code == ErrCode::Limit => {
+                    // Past --max-sessions-per-user: told why, then closed.
+                    if let Flow::Close(c) = self.answer(conn, enc, cid, e.into()).await {
+                        return Flow::Close(c);
+                    }
+                    return Flow::Close(Close::new(
+                        code::POLICY,
+                        Some(ErrCode::Limit),
+                        "too many sessions for this user",
+                    ));
+                }
                 Err(e) => e.into(),
             },
             _ if self.user.is_none() => {
@@ -144,17 +155,26 @@ impl Session {
             ));
         }
         let admin = authenticate(&self.state.login, &user, token)?;
-        if let Err(e) = self
+        match self
             .state
             .directory
             .add_session(&user, self.handle.id)
             .await
         {
-            tracing::warn!(session = %self.handle.id, %user, error = %e, "session not recorded; login refused");
-            return Err(ClientError::new(
-                ErrCode::Unavailable,
-                "cannot log in: the directory is unavailable; try again",
-            ));
+            Ok(Ok(())) => {}
+            Ok(Err(crate::directory::TooManySessions)) => {
+                return Err(ClientError::new(
+                    ErrCode::Limit,
+                    format!("too many sessions for {user}"),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.handle.id, %user, error = %e, "session not recorded; login refused");
+                return Err(ClientError::new(
+                    ErrCode::Unavailable,
+                    "cannot log in: the directory is unavailable; try again",
+                ));
+            }
         }
         self.admin = admin;
         self.state.hub.add(&user, self.handle.clone());
