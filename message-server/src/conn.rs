@@ -87,6 +87,11 @@ impl WriteError {
     pub fn timeout() -> WriteError {
         WriteError("write timed out".to_owned())
     }
+
+    /// A write that failed for `reason`.
+    pub fn new(reason: impl Into<String>) -> WriteError {
+        WriteError(reason.into())
+    }
 }
 
 /// A client connection carrying text commands.

@@ -6,6 +6,10 @@
 //! finds the entry missing, Redis has lost it (restarted empty, or flushed):
 //! the server writes every live session again, so users never stay
 //! invisible.
+//!
+//! Both the rewrite and a refresh that works again after failing wake every
+//! local session to catch up with its inbox ([`Hub::catch_up_all`]): while
+//! Redis was away, or empty, live pushes may have been lost.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -205,6 +209,7 @@ pub async fn registry_task(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -215,6 +220,10 @@ pub async fn registry_task(
             .register(&info.ws, &info.tcp, conns, info.cap, ttl)
             .await;
         metrics.redis_up.set(i64::from(registered.is_ok()));
+        if registered.is_ok() && std::mem::take(&mut failing) {
+            let woken = hub.catch_up_all();
+            tracing::info!(sessions = woken, "redis answers again: sessions catch up");
+        }
         match registered {
             Ok(true) => {}
             Ok(false) => {
@@ -227,6 +236,7 @@ pub async fn registry_task(
                     match dir.reassert(&sessions).await {
                         Ok(()) => {
                             metrics.reasserts.inc();
+                            hub.catch_up_all();
                         }
                         Err(e) => tracing::warn!(error = %e, "could not write sessions again"),
                     }
@@ -234,6 +244,7 @@ pub async fn registry_task(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "registry refresh failed");
+                failing = true;
                 continue;
             }
         }

@@ -5,13 +5,20 @@
 //! up: it is kicked (closed with 1008) rather than allowed to grow memory
 //! or stall everyone else. Its messages are safe in its inbox; it gets them
 //! back with `SYNC` when it reconnects.
+//!
+//! After a fault that may have cost a live session a push (a relay link
+//! lost or made again, the session map written again, Redis back after a
+//! failure), [`Hub::catch_up_all`] wakes every session, which then reads its
+//! inbox from the last seq it wrote to the head and writes what it missed
+//! (see `session::catch_up`). The wake-up is a [`Notify`] permit, not a
+//! queue item: it never fills a queue and several collapse into one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use shared::client::Event;
 use shared::ids::SessionId;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
@@ -25,6 +32,10 @@ pub enum Out {
     /// comes back from the store pipeline). Boxed so that an `Out` is two
     /// words: every session's queue holds room for 32 of them from the start.
     Reply(Box<String>),
+    /// `OK SENT`, already rendered, with the seq the message took in the
+    /// sender's own inbox (which is not pushed back to this session: it
+    /// must not look like a gap).
+    Sent(Box<(String, u64)>),
 }
 
 /// A handle on one local session.
@@ -36,9 +47,21 @@ pub struct SessionHandle {
     pub tx: mpsc::Sender<Out>,
     /// Cancelled to close it as a slow consumer.
     pub kick: CancellationToken,
+    /// Woken to catch up with the inbox after a fault.
+    pub catch_up: Arc<Notify>,
 }
 
 impl SessionHandle {
+    /// A handle on a new session's queue.
+    pub fn new(id: SessionId, tx: mpsc::Sender<Out>) -> SessionHandle {
+        SessionHandle {
+            id,
+            tx,
+            kick: CancellationToken::new(),
+            catch_up: Arc::new(Notify::new()),
+        }
+    }
+
     /// Queues `out`; kicks the session if its queue is full. Returns whether
     /// it was queued.
     pub fn push(&self, out: Out, metrics: &Metrics) -> bool {
@@ -147,6 +170,19 @@ impl Hub {
             .collect()
     }
 
+    /// Wakes every logged-in session to catch up with its inbox: a push may
+    /// have been lost. Returns how many were woken.
+    pub fn catch_up_all(&self) -> usize {
+        let inner = self.lock();
+        let mut n = 0;
+        for h in inner.users.values().flatten() {
+            h.catch_up.notify_one();
+            n += 1;
+        }
+        self.metrics.catch_ups.inc();
+        n
+    }
+
     /// Pushes a broadcast to every local session but `except`.
     pub fn push_everyone(&self, event: &Arc<Event>, except: Option<SessionId>) -> usize {
         let inner = self.lock();
@@ -218,14 +254,7 @@ mod tests {
 
     fn handle(id: u64, cap: usize) -> (SessionHandle, mpsc::Receiver<Out>) {
         let (tx, rx) = mpsc::channel(cap);
-        (
-            SessionHandle {
-                id: SessionId(id),
-                tx,
-                kick: CancellationToken::new(),
-            },
-            rx,
-        )
+        (SessionHandle::new(SessionId(id), tx), rx)
     }
 
     fn event() -> Arc<Event> {

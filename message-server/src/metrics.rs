@@ -40,6 +40,10 @@ pub struct Metrics {
     pub redis_up: Gauge,
     /// Times this server wrote its sessions again because Redis had lost them.
     pub reasserts: Counter,
+    /// Times every session was woken to catch up after a fault.
+    pub catch_ups: Counter,
+    /// Inbox messages a catch-up wrote that no push had brought.
+    pub caught_up: Counter,
 }
 
 impl Metrics {
@@ -111,6 +115,16 @@ impl Metrics {
             "reasserts",
             "Sessions rewritten after Redis lost them",
             self.reasserts.clone(),
+        );
+        r.register(
+            "catch_ups",
+            "Times every session was woken to catch up after a fault",
+            self.catch_ups.clone(),
+        );
+        r.register(
+            "caught_up",
+            "Inbox messages written by a catch-up that no push had brought",
+            self.caught_up.clone(),
         );
         r
     }

@@ -16,6 +16,16 @@
 //! (`dropped_link_full`): direct messages are stored before they are routed,
 //! so their recipients get them by replay (login, or `SYNC` on the next seq
 //! gap); room messages are at most once anyway.
+//!
+//! A direct message goes out on every live link ([`Links::send_all`]), not
+//! only the first: with several relays, the one this server writes to first
+//! may have lost its link to the recipient's server while another has not
+//! (a partition between two machines, not a dead server). The recipient's
+//! sessions skip the copies by seq. With one relay it is one frame as before.
+//!
+//! Every link that comes up wakes every local session to catch up with its
+//! inbox ([`Hub::catch_up_all`]): while no link (or another link) was up,
+//! pushes to them may have been lost.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -85,6 +95,37 @@ impl Links {
         }
         self.metrics.dropped_no_link.inc();
         false
+    }
+
+    /// Queues a direct message on every live link without waiting (see the
+    /// module docs); a full queue drops and counts as [`Links::send`] does.
+    /// Returns whether at least one link took it.
+    pub fn send_all(&self, frame: Frame) -> bool {
+        let live: Vec<_> = self.slots.iter().filter_map(|s| s.load_full()).collect();
+        let mut frame = Some(frame);
+        let mut sent = false;
+        for (i, tx) in live.iter().enumerate() {
+            let one = if i + 1 == live.len() {
+                frame.take()
+            } else {
+                frame.clone()
+            };
+            let Some(one) = one else { break };
+            match tx.try_send(one) {
+                Ok(()) => {
+                    self.metrics.frames_to_relay.inc();
+                    sent = true;
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.metrics.dropped_link_full.inc();
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+        if !sent && live.is_empty() {
+            self.metrics.dropped_no_link.inc();
+        }
+        sent
     }
 
     /// Queues `frame` on every live link without waiting (room interest:
@@ -280,7 +321,8 @@ async fn linked<S: AsyncRead + AsyncWrite + Unpin>(
         ctx.metrics.links_up.inc();
     }
     backoff.reset();
-    tracing::info!(%relay_id, "relay link up");
+    let woken = ctx.hub.catch_up_all();
+    tracing::info!(%relay_id, sessions_caught_up = woken, "relay link up");
 
     let (mut sink, mut stream) = framed.split::<Frame>();
     let live = Mutex::new(Liveness::new(ctx.dead_after, Instant::now()));

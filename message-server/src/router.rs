@@ -16,7 +16,7 @@
 //! server that holds sessions of either (one per user and server, however
 //! many sessions there).
 //!
-//! The router never waits on a relay link: [`Links::send`] queues without
+//! The router never waits on a relay link: [`Links::send_all`] queues without
 //! waiting and drops (and counts) a frame whose link queue is full, so one
 //! slow relay cannot stall storing for every session. The message is
 //! already stored; its recipient gets it by replay.
@@ -227,7 +227,7 @@ impl Router {
             });
             self.hub.push_user(&msg.to, &to_event, to_except);
             for server in to_servers.iter().filter(|s| **s != self.server_id) {
-                self.links.send(Frame::Deliver {
+                self.links.send_all(Frame::Deliver {
                     to_server: server.clone(),
                     user: msg.to.clone(),
                     seq: seq_to,
@@ -244,7 +244,7 @@ impl Router {
             });
             self.hub.push_user(&msg.from, &from_event, Some(me));
             for server in from_servers.iter().filter(|s| **s != self.server_id) {
-                self.links.send(Frame::Deliver {
+                self.links.send_all(Frame::Deliver {
                     to_server: server.clone(),
                     user: msg.from.clone(),
                     seq: seq_from,
@@ -253,7 +253,12 @@ impl Router {
                 });
             }
         }
-        origin.answer(reply, &self.metrics);
+        let line = reply.render(origin.enc, origin.cid.as_deref());
+        // Tells the session which seq of its own inbox this send took.
+        let own_seq = if note_to_self { seq_to } else { seq_from };
+        origin
+            .session
+            .push(Out::Sent(Box::new((line, own_seq))), &self.metrics);
     }
 }
 

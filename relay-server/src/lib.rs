@@ -37,6 +37,7 @@ mod accept;
 mod admin;
 pub mod cli;
 pub mod config;
+mod holders;
 mod link;
 mod metrics;
 mod purge;
@@ -92,6 +93,8 @@ pub(crate) struct Ctx {
     pub(crate) tracker: TaskTracker,
     /// TLS on the link port, when configured.
     pub(crate) tls: Option<tls_config::TlsAcceptor>,
+    /// This relay's name among the holders of server links ([`holders`]).
+    pub(crate) instance: String,
 }
 
 /// A relay with its listeners bound, ready to [`run`](Bound::run).
@@ -179,6 +182,7 @@ impl Bound {
     /// Serves until `shutdown` is cancelled, then says `Bye` on every link,
     /// stops the admin endpoint and returns once the tasks are done.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), RelayError> {
+        let instance = holders::instance(&self.config.relay_id);
         let ctx = Arc::new(Ctx {
             config: self.config,
             secret: self.secret,
@@ -188,6 +192,7 @@ impl Bound {
             purge_log: purge_log::PurgeLog::default(),
             shutdown: shutdown.child_token(),
             tracker: TaskTracker::new(),
+            instance,
             tls: self.tls,
         });
         info!(
@@ -200,6 +205,7 @@ impl Bound {
             .spawn(accept::accept_loop(ctx.clone(), self.link));
         ctx.tracker.spawn(admin::serve(ctx.clone(), self.admin));
         ctx.tracker.spawn(purge::sweep_loop(ctx.clone()));
+        ctx.tracker.spawn(holders::refresh_loop(ctx.clone()));
 
         ctx.shutdown.cancelled().await;
         info!("shutting down");

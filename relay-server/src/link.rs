@@ -124,6 +124,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>, framed: LinkFramed, hello: Accepted) {
 
     if ctx.routes.remove(&server_id, link) {
         ctx.metrics.link_down();
+        if !matches!(end, End::Shutdown) {
+            crate::holders::release(&ctx, &server_id).await;
+        }
     }
     match &end {
         End::Bye => info!("link down: server said bye"),

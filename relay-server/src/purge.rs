@@ -2,7 +2,9 @@
 //! periodic sweep of the registry.
 //!
 //! - **After a death** (a link ended without `Bye`): wait `--purge-grace`;
-//!   if the server has not linked again with the same epoch, purge that
+//!   if the server has not linked again with the same epoch, and no other
+//!   relay holds a live link to it ([`crate::holders`]: only this relay's
+//!   link may be cut, the server may be alive), purge that
 //!   epoch ([`PurgeMode::Epoch`]), retrying on Redis errors. The
 //!   time from the server's last frame to the end of the purge goes into
 //!   `relay_purge_seconds`.
@@ -51,10 +53,22 @@ async fn after_death(ctx: Arc<Ctx>, server: String, epoch: u64, last_heard: Inst
         _ = tokio::time::sleep(ctx.config.purge_grace) => {}
     }
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut waited = false;
     loop {
         if ctx.routes.has_epoch(&server, epoch) {
             info!("server linked again with the same epoch; nothing to purge");
             return;
+        }
+        if crate::holders::held_elsewhere(&ctx, &server, epoch).await {
+            if !waited {
+                info!("another relay holds a live link to the server; not purging while it does");
+                waited = true;
+            }
+            tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(crate::holders::recheck(&ctx)) => {}
+            }
+            continue;
         }
         let result = tokio::select! {
             result = purge_epoch(&ctx, &server, epoch) => result,

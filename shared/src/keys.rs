@@ -8,6 +8,7 @@
 //! |---|---|---|
 //! | `sb:servers` | set | ids of registered servers (its own slot, single-key commands only) |
 //! | `sb:{s:<id>}:srv` | hash, TTL | `epoch ws tcp conns cap seen` of one server ([`crate::registry`]) |
+//! | `sb:{s:<id>}:links` | hash, TTL | `relay-instance -> "epoch until-ms"`: relays holding a live link to the server |
 //! | `sb:{s:<id>}:sess` | hash | `session-id -> "epoch user"`: the sessions a purge walks |
 //! | `sb:{u:<user>}:sess` | hash | `session-id -> server-id:epoch`, every live device |
 //! | `sb:{u:<user>}:ep` | string | the inbox epoch (unix ms of the inbox's start) |
@@ -34,6 +35,11 @@ pub fn user_tag(user: &str) -> String {
 /// Registry hash of one server.
 pub fn server(id: &str) -> String {
     format!("sb:{{s:{id}}}:srv")
+}
+
+/// Relays holding a live link to one server: `relay-instance -> "epoch until-ms"`.
+pub fn server_links(id: &str) -> String {
+    format!("sb:{{s:{id}}}:links")
 }
 
 /// Sessions held by one server: `session-id -> "epoch user"`.

@@ -9,7 +9,16 @@
 //! and the idle deadline. A command that needs Redis is awaited in place
 //! (this session waits, no other does); a `SEND` is handed to the router and
 //! answered from there once stored.
+//!
+//! The session remembers the last inbox seq it wrote (`pushed_upto`, with
+//! the few written past a hole in `ahead`): a push at or below it is a
+//! duplicate and skipped, a push that would leave a hole makes the session
+//! read the hole from the inbox first, and a wake-up after a fault
+//! ([`crate::hub::Hub::catch_up_all`]) makes it read everything up to the
+//! head. So a stored message reaches a live session without the client
+//! asking, whatever push was lost.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +27,6 @@ use shared::client::{ClientError, Command, Encoding, ErrCode, Event, Reply, Requ
 use shared::link::Frame;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 mod commands;
@@ -48,9 +56,21 @@ struct Session {
     admin: bool,
     enc: Encoding,
     rooms: Vec<String>,
-    /// Pushes of inbox messages up to this seq were already written by a
-    /// replay (login or `SYNC`); skip them when they arrive live.
-    replayed_upto: u64,
+    /// Every inbox seq up to this one was written to this session (pushed,
+    /// replayed, or its own send); a push at or below it is skipped.
+    pushed_upto: u64,
+    /// Seqs past `pushed_upto + 1` written already (a push that came early,
+    /// this session's own sends).
+    ahead: BTreeSet<u64>,
+    /// The inbox epoch as last read (empty: not known).
+    epoch: String,
+    /// The seq and id of the last inbox message written to this session:
+    /// while the epoch is not known, a catch-up checks it is still there
+    /// (if not, the inbox started over under this session).
+    last_written: Option<(u64, Box<str>)>,
+    /// The last catch-up could not read the inbox: leave holes alone until
+    /// the next wake-up (Redis back) instead of asking on every push.
+    catch_up_failed: bool,
     last_heard: Instant,
     rate: RateLimiter,
     /// Jobs handed to the router and not answered yet.
@@ -78,11 +98,7 @@ pub async fn run<C: Conn>(
     // A debug span: free at the default info level (an info span costs about
     // 600 bytes per idle connection); the warnings below name the session.
     let span = tracing::debug_span!("session", server = %state.identity.server_id, session = %id, %peer, user = tracing::field::Empty);
-    let handle = SessionHandle {
-        id,
-        tx,
-        kick: CancellationToken::new(),
-    };
+    let handle = SessionHandle::new(id, tx);
     let mut session = Session {
         state: Arc::clone(&state),
         handle,
@@ -91,7 +107,11 @@ pub async fn run<C: Conn>(
         admin: false,
         enc: Encoding::Text,
         rooms: Vec::new(),
-        replayed_upto: 0,
+        pushed_upto: 0,
+        ahead: BTreeSet::new(),
+        epoch: String::new(),
+        last_written: None,
+        catch_up_failed: false,
         last_heard: Instant::now(),
         rate: RateLimiter::new(state.limits.rate_limit, state.limits.rate_burst),
         pending: 0,
@@ -153,6 +173,7 @@ impl Session {
         let limits = &state.limits;
         let max_pending = (limits.session_queue / 2).max(1);
         let kick = self.handle.kick.clone();
+        let catch_up = Arc::clone(&self.handle.catch_up);
         let shutdown = self.state.shutdown.clone();
         let idle = tokio::time::sleep(self.idle_limit());
         tokio::pin!(idle);
@@ -166,6 +187,12 @@ impl Session {
                 }
                 _ = kick.cancelled() => {
                     return Some(Close::new(code::POLICY, Some(ErrCode::Limit), "too slow: pushes were not read in time"));
+                }
+                () = catch_up.notified(), if self.user.is_some() => {
+                    if let Err(e) = Box::pin(self.catch_up(conn)).await {
+                        tracing::debug!(error = %e, "write failed");
+                        return None;
+                    }
                 }
                 out = rx.recv() => {
                     let out = out?;
@@ -317,11 +344,30 @@ impl Session {
                 self.pending = self.pending.saturating_sub(1);
                 conn.feed(*line).await
             }
+            Out::Sent(sent) => {
+                self.pending = self.pending.saturating_sub(1);
+                let (line, own_seq) = *sent;
+                self.mark(own_seq);
+                conn.feed(line).await
+            }
             Out::Event(ev) => {
-                if let Event::Direct { seq, .. } = &*ev
-                    && *seq <= self.replayed_upto
-                {
-                    return Ok(());
+                if let Event::Direct { seq, .. } = &*ev {
+                    let seq = *seq;
+                    if self.written(seq) {
+                        return Ok(());
+                    }
+                    if seq > self.pushed_upto + 1 && !self.catch_up_failed {
+                        // A hole before this push: read it from the inbox
+                        // first (which brings this one too, normally).
+                        Box::pin(self.catch_up(conn)).await?;
+                        if self.written(seq) {
+                            return Ok(());
+                        }
+                    }
+                    self.mark(seq);
+                    if let Event::Direct { msg, .. } = &*ev {
+                        self.last_written = Some((seq, msg.id.as_str().into()));
+                    }
                 }
                 conn.feed(ev.render(self.enc)).await
             }

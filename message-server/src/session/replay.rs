@@ -8,6 +8,8 @@
 //! announced and replayed from its start, and messages trimmed by the inbox
 //! bound are announced as a gap before the first one still held.
 
+use std::time::Duration;
+
 use shared::client::{ClientError, Encoding, ErrCode, Event, Reply};
 
 use super::{Flow, Session};
@@ -15,6 +17,19 @@ use crate::conn::{Close, Conn, code};
 
 /// Messages read from an inbox per Redis round trip during a replay.
 const REPLAY_PAGE: usize = 500;
+
+/// The longest a catch-up may take (reads and writes); past it the session
+/// goes on and the next wake-up tries again.
+const CATCH_UP_LIMIT: Duration = Duration::from_secs(5);
+
+/// Who a replay is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The device asked (login, `SYNC`): everything after its cursor.
+    Device,
+    /// The server's own catch-up: only what this session was not written.
+    CatchUp,
+}
 
 /// What an inbox looks like from after a device's cursor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +70,7 @@ impl Session {
     pub(super) async fn replay_unacked<C: Conn>(&mut self, conn: &mut C) -> Flow {
         let user = self.user_name();
         match self.state.store.cursor(&user, &self.device).await {
-            Ok(cursor) => match self.replay(conn, cursor, None).await {
+            Ok(cursor) => match self.replay(conn, cursor, None, Mode::Device).await {
                 Ok(_) => Flow::Continue,
                 Err(flow) => flow,
             },
@@ -77,7 +92,7 @@ impl Session {
     ) -> Flow {
         let saved = self.enc;
         self.enc = enc;
-        let result = self.replay(conn, after, epoch).await;
+        let result = self.replay(conn, after, epoch, Mode::Device).await;
         self.enc = saved;
         match result {
             Ok((last, epoch)) => {
@@ -88,6 +103,92 @@ impl Session {
         }
     }
 
+    /// Brings this session up to its inbox head: reads from the last seq
+    /// written to it and writes what it has not had, in order. Redis
+    /// failing is not the client's business (logged; the next wake-up tries
+    /// again); only a failed write is an error.
+    pub(super) async fn catch_up<C: Conn>(
+        &mut self,
+        conn: &mut C,
+    ) -> Result<(), crate::conn::WriteError> {
+        self.catch_up_failed = false;
+        let after = self.pushed_upto;
+        let run = async {
+            let epoch = self.known_epoch().await?;
+            self.replay(conn, after, epoch, Mode::CatchUp).await
+        };
+        match tokio::time::timeout(CATCH_UP_LIMIT, run).await {
+            Ok(Ok(_)) | Ok(Err(Flow::Continue | Flow::Quit(..))) => Ok(()),
+            Ok(Err(Flow::Close(c))) => Err(crate::conn::WriteError::new(c.reason)),
+            Err(_) => {
+                tracing::warn!(session = %self.handle.id, "catch-up timed out; the next wake-up tries again");
+                self.catch_up_failed = true;
+                Ok(())
+            }
+        }
+    }
+
+    /// The epoch of the inbox this session was written from, for [`plan`]
+    /// to tell an inbox that started over. Read at login or by an earlier
+    /// catch-up; when it is not known yet (the inbox was empty then), the
+    /// last message written must still be in the inbox with its id, or the
+    /// inbox started over (`Some` of an epoch no inbox has).
+    async fn known_epoch(&mut self) -> Result<Option<String>, Flow> {
+        if !self.epoch.is_empty() {
+            return Ok(Some(self.epoch.clone()));
+        }
+        let Some((seq, id)) = self.last_written.clone() else {
+            return Ok(None);
+        };
+        let user = self.user_name();
+        match self.state.store.read_inbox(&user, seq - 1, 1).await {
+            Ok(page) => {
+                let same = page
+                    .messages
+                    .first()
+                    .is_some_and(|(s, m)| *s == seq && *m.id == *id);
+                Ok(Some(if same { page.epoch } else { "lost".to_owned() }))
+            }
+            Err(e) => {
+                tracing::warn!(session = %self.handle.id, %user, error = %e, "inbox not read for a catch-up; the next wake-up tries again");
+                self.catch_up_failed = true;
+                Err(Flow::Continue)
+            }
+        }
+    }
+
+    /// Whether inbox message `seq` was written to this session already.
+    pub(super) fn written(&self, seq: u64) -> bool {
+        seq <= self.pushed_upto || self.ahead.contains(&seq)
+    }
+
+    /// Notes that inbox message `seq` was written to this session.
+    pub(super) fn mark(&mut self, seq: u64) {
+        if seq <= self.pushed_upto {
+            return;
+        }
+        if seq == self.pushed_upto + 1 {
+            self.pushed_upto = seq;
+        } else {
+            self.ahead.insert(seq);
+        }
+        self.compact();
+    }
+
+    /// Moves `pushed_upto` over the seqs in `ahead` that now follow it.
+    fn compact(&mut self) {
+        while let Some(&first) = self.ahead.first() {
+            if first <= self.pushed_upto {
+                self.ahead.pop_first();
+            } else if first == self.pushed_upto + 1 {
+                self.pushed_upto = first;
+                self.ahead.pop_first();
+            } else {
+                break;
+            }
+        }
+    }
+
     /// Writes the inbox after `after` as [`plan`] says. Returns the last
     /// seq written (or where it started) and the inbox epoch.
     async fn replay<C: Conn>(
@@ -95,6 +196,7 @@ impl Session {
         conn: &mut C,
         after: u64,
         epoch: Option<String>,
+        mode: Mode,
     ) -> Result<(u64, String), Flow> {
         let user = self.user_name();
         let store = self.state.store.clone();
@@ -103,7 +205,7 @@ impl Session {
         let (mut page, from) = loop {
             let page = match store.read_inbox(&user, after, REPLAY_PAGE).await {
                 Ok(p) => p,
-                Err(e) => return Err(self.unavailable(conn, &user, &e).await),
+                Err(e) => return Err(self.unavailable(conn, &user, &e, mode).await),
             };
             let view = InboxView {
                 head: page.head,
@@ -120,6 +222,11 @@ impl Session {
                     self.say(conn, gap).await?;
                     after = 0;
                     epoch = None;
+                    if mode == Mode::CatchUp {
+                        // The inbox this session was written from is gone.
+                        self.pushed_upto = 0;
+                        self.ahead.clear();
+                    }
                 }
                 Plan::Replay { from, gap } => {
                     if let Some((from, to)) = gap {
@@ -139,6 +246,13 @@ impl Session {
             let full = page.messages.len() == REPLAY_PAGE;
             for (seq, msg) in page.messages.drain(..) {
                 last = seq;
+                if mode == Mode::CatchUp {
+                    if self.written(seq) {
+                        continue;
+                    }
+                    self.state.metrics.caught_up.inc();
+                }
+                self.last_written = Some((seq, msg.id.as_str().into()));
                 let line = Event::Direct { seq, msg }.render(self.enc);
                 if conn.feed(line).await.is_err() {
                     return Err(write_failed());
@@ -152,10 +266,12 @@ impl Session {
             }
             page = match store.read_inbox(&user, last, REPLAY_PAGE).await {
                 Ok(p) => p,
-                Err(e) => return Err(self.unavailable(conn, &user, &e).await),
+                Err(e) => return Err(self.unavailable(conn, &user, &e, mode).await),
             };
         }
-        self.replayed_upto = self.replayed_upto.max(last);
+        self.pushed_upto = self.pushed_upto.max(last);
+        self.compact();
+        self.epoch.clone_from(&page.epoch);
         Ok((last, page.epoch))
     }
 
@@ -172,7 +288,13 @@ impl Session {
         conn: &mut C,
         user: &str,
         e: &crate::db::DbError,
+        mode: Mode,
     ) -> Flow {
+        if mode == Mode::CatchUp {
+            tracing::warn!(session = %self.handle.id, %user, error = %e, "inbox not read for a catch-up; the next wake-up tries again");
+            self.catch_up_failed = true;
+            return Flow::Continue;
+        }
         tracing::warn!(session = %self.handle.id, %user, error = %e, "inbox not read");
         let err = ClientError::new(
             ErrCode::Unavailable,
