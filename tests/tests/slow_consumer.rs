@@ -108,17 +108,12 @@ async fn flood(addr: SocketAddr, to: String, size: usize, stop: CancellationToke
         }
     }
     // The answers still on their way.
-    loop {
-        match from.next_within(Duration::from_secs(2)).await {
-            Seen::Line(l) => {
-                if let Some(id) = l
-                    .strip_prefix("OK SENT ")
-                    .and_then(|r| r.split_whitespace().next())
-                {
-                    acked.push(id.to_owned());
-                }
-            }
-            _ => break,
+    while let Seen::Line(l) = from.next_within(Duration::from_secs(2)).await {
+        if let Some(id) = l
+            .strip_prefix("OK SENT ")
+            .and_then(|r| r.split_whitespace().next())
+        {
+            acked.push(id.to_owned());
         }
     }
     acked
