@@ -608,6 +608,7 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
             }
         }
         // The burst is 10 and LOGIN took one token.
+        assert_eq!(pongs + rate, 15, "every PING answered once");
         assert!(pongs >= 9 && rate >= 1, "{pongs} pongs, {rate} refusals");
         tokio::time::sleep(Duration::from_millis(600)).await;
         t.send("PING").await;

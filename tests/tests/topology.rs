@@ -201,32 +201,33 @@ async fn who_tracks_presence_and_closed_sessions_leave_nothing_in_redis() {
 async fn at_the_cap_new_clients_are_refused_with_alternatives_and_others_keep_working() {
     let mut c = Cluster::start_with(1, |cfg| cfg.max_connections = 3).await;
     c.add_server_with("b", |_| {}).await;
-    // Let server a see b in the registry (refreshed every 2 s).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
     let a = c.server("a");
+    let b_ws = c.server("b").ws.to_string();
     let mut u1 = WsClient::login(a.ws, "u1").await;
     let mut u2 = WsClient::login(a.ws, "u2").await;
     let mut u3 = TcpClient::login(a.tcp, "u3").await;
 
     // The 4th WebSocket handshake: HTTP 503 with servers that have room.
-    let err = WsClient::connect(a.ws, "/ws").await.err().expect("refused");
-    match err {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => {
-            assert_eq!(resp.status().as_u16(), 503);
-            let body: serde_json::Value =
-                serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
-                    .expect("json body");
-            assert_eq!(body["error"], "full");
-            let servers = body["servers"].as_array().expect("servers list");
-            assert!(
-                servers
-                    .iter()
-                    .any(|s| s["id"] == "b" && s["ws"] == c.server("b").ws.to_string()),
-                "{body}"
-            );
-        }
-        other => panic!("expected HTTP 503, got {other:?}"),
-    }
+    // Server a reads the registry every --registry-interval: wait until its
+    // answer names b (each try is refused, none gets in).
+    let body = switchboard_tests::eventually(Duration::from_secs(15), || async {
+        let err = WsClient::connect(a.ws, "/ws").await.err().expect("refused");
+        let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
+            panic!("expected HTTP 503, got {err:?}");
+        };
+        assert_eq!(resp.status().as_u16(), 503);
+        let body: serde_json::Value =
+            serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
+                .expect("json body");
+        assert_eq!(body["error"], "full");
+        let servers = body["servers"].as_array().expect("servers list");
+        servers
+            .iter()
+            .any(|s| s["id"] == "b" && s["ws"] == b_ws)
+            .then_some(body)
+    })
+    .await;
+    assert!(body.is_some(), "server a never named b as having room");
     // The 4th telnet client: ERR full naming another server.
     let mut t4 = TcpClient::connect(a.tcp).await;
     assert_eq!(
@@ -371,4 +372,70 @@ async fn a_client_pipelining_many_sends_gets_every_answer() {
         );
     }
     assert_eq!(c.server("a").metrics.slow_consumers.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_server_is_full_the_refusal_says_try_later() {
+    let c = Cluster::start_with(2, |cfg| cfg.max_connections = 1).await;
+    let (a, b) = (c.server("a"), c.server("b"));
+    let mut u1 = TcpClient::login(a.tcp, "u1").await;
+    let mut u2 = WsClient::login(b.ws, "u2").await;
+    // Server a learns that b is full from the registry (refreshed every
+    // --registry-interval); until then it may still name b.
+    let later = switchboard_tests::eventually(Duration::from_secs(15), || async {
+        let mut t = TcpClient::connect(a.tcp).await;
+        let line = t.recv().await;
+        assert!(line.starts_with("ERR full try "), "{line}");
+        t.expect_closed().await;
+        (line == "ERR full try later: no server has room").then_some(())
+    })
+    .await;
+    assert!(later.is_some(), "server a never said that no server has room");
+    // The WebSocket refusal names no server either.
+    let err = WsClient::connect(a.ws, "/ws").await.err().expect("refused");
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
+        panic!("expected HTTP 503, got {err:?}");
+    };
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: serde_json::Value =
+        serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("json body");
+    assert_eq!(body["servers"], serde_json::json!([]), "{body}");
+    // The two sessions are not affected.
+    u1.send("SEND u2 still here").await;
+    u1.expect_prefix("OK SENT ").await;
+    assert!(u2.expect_prefix("MSG ").await.ends_with("still here"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_may_hold_at_most_max_connections_per_ip() {
+    let c = Cluster::start_with(1, |cfg| cfg.limits.max_connections_per_ip = 2).await;
+    let a = c.server("a");
+    let first = WsClient::login(a.ws, "first").await;
+    let mut second = TcpClient::login(a.tcp, "second").await;
+    // The third from 127.0.0.1: refused on either port, with a reason.
+    let mut t = TcpClient::connect(a.tcp).await;
+    assert_eq!(
+        t.recv().await,
+        "ERR limit too many connections from your address"
+    );
+    t.expect_closed().await;
+    let err = WsClient::connect(a.ws, "/ws").await.err().expect("refused");
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
+        panic!("expected HTTP 429, got {err:?}");
+    };
+    assert_eq!(resp.status().as_u16(), 429);
+    // It is a per-address cap, not the server cap.
+    assert_eq!(a.metrics.refused_full.get(), 0);
+    // Once one leaves, its place is given back.
+    drop(first);
+    let third = switchboard_tests::eventually(Duration::from_secs(10), || async {
+        let mut w = WsClient::connect(a.ws, "/ws").await.ok()?;
+        w.send("LOGIN third").await;
+        w.expect_prefix("OK LOGIN third ").await;
+        Some(w)
+    })
+    .await;
+    assert!(third.is_some(), "the address got its place back");
+    second.send("WHO third").await;
+    assert_eq!(second.recv().await, "ONLINE third 1");
 }
