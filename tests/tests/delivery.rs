@@ -264,12 +264,7 @@ impl SendLine for TcpClient {
 }
 
 /// `from` sends `to_user` (on another server) a direct message, read by `to`.
-async fn crossed(
-    from: &mut impl SendLine,
-    to: &mut impl LineClient,
-    to_user: &str,
-    text: &str,
-) {
+async fn crossed(from: &mut impl SendLine, to: &mut impl LineClient, to_user: &str, text: &str) {
     from.send_line(&format!("SEND {to_user} {text}")).await;
     from.expect_prefix("OK SENT ").await;
     let got = to.expect_prefix("MSG ").await;
@@ -526,7 +521,9 @@ async fn each_device_has_its_own_ack_cursor_that_never_moves_back() {
         laptop_lines.push(l);
     }
     assert!(
-        laptop_lines.iter().all(|l| l.starts_with("{\"type\":\"msg\"")),
+        laptop_lines
+            .iter()
+            .all(|l| l.starts_with("{\"type\":\"msg\"")),
         "ACK has no answer: {laptop_lines:?}"
     );
     drop((phone, laptop));

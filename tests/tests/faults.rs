@@ -3,7 +3,9 @@
 //! empty, idle clients, SIGTERM, and a server added at run time.
 
 use std::net::{SocketAddr, TcpListener};
+
 use std::time::{Duration, Instant};
+use tokio::net::TcpListener as AsyncListener;
 
 use switchboard_tests::procs::{RelayProc, ServerProc};
 use switchboard_tests::{
@@ -11,10 +13,9 @@ use switchboard_tests::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
+/// Port 0: the process picks a free port and logs it.
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().expect("addr")
 }
 
 async fn who(c: &mut WsClient, user: &str) -> String {
@@ -22,34 +23,44 @@ async fn who(c: &mut WsClient, user: &str) -> String {
     c.expect_prefix("O").await
 }
 
-/// Sends until one message gets through from `from` to `to` (links may still
-/// be coming up); returns how long it took.
-async fn delivery_works(
+/// Sends one probe from `from` to `to_user`, once, and asserts that `to`
+/// gets it pushed exactly once; returns how long that took. Callers wait
+/// for the links it needs first: a push that is lost fails here.
+async fn one_probe_arrives_once(
     from: &mut WsClient,
     to: &mut WsClient,
     to_user: &str,
-    limit: Duration,
+    label: &str,
 ) -> Duration {
     let start = Instant::now();
-    let mut n = 0;
-    while start.elapsed() < limit {
-        n += 1;
-        from.send(&format!("SEND {to_user} probe {n}")).await;
-        from.expect_prefix("OK SENT ").await;
-        match to.next_within(Duration::from_millis(300)).await {
-            switchboard_tests::clients::Seen::Line(l) if l.starts_with("MSG ") => {
-                return start.elapsed();
-            }
-            _ => {}
+    let text = format!("probe {label}");
+    from.send(&format!("SEND {to_user} {text}")).await;
+    from.expect_prefix("OK SENT ").await;
+    let got = to.expect_prefix("MSG ").await;
+    assert!(got.ends_with(&format!(" {text}")), "{to_user} got {got}");
+    let took = start.elapsed();
+    // Nothing more: the push came once.
+    to.send("PING").await;
+    loop {
+        let line = to.recv().await;
+        if line == "PONG" {
+            break;
         }
+        assert!(!line.ends_with(&format!(" {text}")), "pushed twice: {line}");
     }
-    panic!("no delivery from {to_user}'s peer within {limit:?}");
+    took
+}
+
+/// Reads `server_links_up` from a server process's `/metrics`.
+async fn links_up(server: &ServerProc) -> f64 {
+    let (_, page) = http_get(server.ws, "/metrics").await;
+    metric(&page, "server_links_up").unwrap_or(-1.0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_is_purged_within_5_seconds() {
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
     let mut a = ServerProc::start("a", &redis.url(), relay.link, &[]);
     let b = ServerProc::start("b", &redis.url(), relay.link, &[]);
     a.wait_linked(1);
@@ -111,20 +122,20 @@ async fn a_killed_server_is_purged_within_5_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_relink_to_a_restarted_relay_by_themselves() {
     let redis = RedisServer::start();
-    let mut relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let mut relay = RelayProc::start(&redis.url(), any_port(), &[]);
     let a = ServerProc::start("a", &redis.url(), relay.link, &[]);
     let b = ServerProc::start("b", &redis.url(), relay.link, &[]);
     a.wait_linked(1);
     b.wait_linked(1);
     let mut alice = WsClient::login(a.ws, "alice").await;
     let mut bob = WsClient::login(b.ws, "bob").await;
-    delivery_works(&mut alice, &mut bob, "bob", Duration::from_secs(5)).await;
+    one_probe_arrives_once(&mut alice, &mut bob, "bob", "1").await;
 
     let link = relay.link;
     relay.proc.kill9();
     // While the relay is away, local traffic still works and health says degraded.
     let mut bob2 = WsClient::login(b.ws, "bob2").await;
-    delivery_works(&mut bob, &mut bob2, "bob2", Duration::from_secs(5)).await;
+    one_probe_arrives_once(&mut bob, &mut bob2, "bob2", "local").await;
     let degraded = eventually(Duration::from_secs(6), || async {
         let (status, body) = http_get(a.ws, "/healthz").await;
         (status == 503 && body.contains("degraded")).then_some(())
@@ -142,12 +153,11 @@ async fn servers_relink_to_a_restarted_relay_by_themselves() {
     let _relay2 = RelayProc::start(&redis.url(), link, &[]);
     a.wait_linked(2);
     b.wait_linked(2);
-    let took = delivery_works(&mut alice, &mut bob, "bob", Duration::from_secs(10)).await;
+    one_probe_arrives_once(&mut alice, &mut bob, "bob", "2").await;
     println!(
-        "relay restart -> cross-server delivery works again: {:?}",
+        "relay restart -> both linked, a probe pushed across: {:?}",
         restarted.elapsed()
     );
-    assert!(took < Duration::from_secs(10));
     // The message sent while the relay was down is in bob's inbox.
     bob.send("SYNC 0").await;
     let mut found = false;
@@ -167,16 +177,27 @@ async fn servers_relink_to_a_restarted_relay_by_themselves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_before_the_relay_links_when_it_appears() {
     let redis = RedisServer::start();
-    let link = free_addr();
+    // The relay's address is held by this test until the relay starts, so
+    // nothing else takes it; the servers' first tries reach it and fail.
+    let holder = AsyncListener::bind("127.0.0.1:0").await.expect("bind");
+    let link = holder.local_addr().expect("addr");
     let a = ServerProc::start("a", &redis.url(), link, &[]);
     let b = ServerProc::start("b", &redis.url(), link, &[]);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Both servers have tried to link (and got no relay) before it exists.
+    for _ in 0..2 {
+        let (conn, _) = tokio::time::timeout(Duration::from_secs(20), holder.accept())
+            .await
+            .expect("a server tried to link in time")
+            .expect("accept");
+        drop(conn);
+    }
+    drop(holder);
     let _relay = RelayProc::start(&redis.url(), link, &[]);
     a.wait_linked(1);
     b.wait_linked(1);
     let mut alice = WsClient::login(a.ws, "alice").await;
     let mut bob = WsClient::login(b.ws, "bob").await;
-    delivery_works(&mut alice, &mut bob, "bob", Duration::from_secs(10)).await;
+    one_probe_arrives_once(&mut alice, &mut bob, "bob", "1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,7 +284,7 @@ async fn silent_clients_are_closed_after_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_sessions_cleans_redis_and_exits_0() {
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
     let mut a = ServerProc::start("a", &redis.url(), relay.link, &[]);
     a.wait_linked(1);
     let mut ws = WsClient::login(a.ws, "alice").await;
@@ -302,8 +323,8 @@ async fn a_third_server_joins_a_running_cluster() {
     let mut bob = WsClient::login(c.server("b").ws, "bob").await;
     c.add_server_with("c", |_| {}).await;
     let mut carol = WsClient::login(c.server("c").ws, "carol").await;
-    delivery_works(&mut alice, &mut carol, "carol", Duration::from_secs(5)).await;
-    delivery_works(&mut carol, &mut bob, "bob", Duration::from_secs(5)).await;
+    one_probe_arrives_once(&mut alice, &mut carol, "carol", "1").await;
+    one_probe_arrives_once(&mut carol, &mut bob, "bob", "2").await;
     let (_, servers) = c.relay.get("/servers").await;
     let servers: serde_json::Value = serde_json::from_str(&servers).expect("json");
     let ids: Vec<&str> = servers
@@ -318,8 +339,10 @@ async fn a_third_server_joins_a_running_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_server_removes_what_its_previous_life_left() {
     let redis = RedisServer::start();
-    // No relay anywhere: nobody but the server itself can clean up.
-    let nowhere = free_addr();
+    // No relay anywhere: nobody but the server itself can clean up. The
+    // relay address is held (and never answers) so no other relay takes it.
+    let holder = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nowhere = holder.local_addr().expect("addr");
     let mut a = ServerProc::start("a", &redis.url(), nowhere, &[]);
     let _bob = WsClient::login(a.ws, "bob").await;
     let epoch = |conn: &mut redis::Connection| -> Option<String> {
@@ -335,7 +358,6 @@ async fn a_restarted_server_removes_what_its_previous_life_left() {
     .await
     .expect("registered");
     a.proc.kill9();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         redis.keys("sb:user:*"),
         ["sb:user:bob"],
@@ -365,8 +387,8 @@ async fn a_restarted_server_removes_what_its_previous_life_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_relays_delivery_survives_the_loss_of_one() {
     let redis = RedisServer::start();
-    let mut r1 = RelayProc::start(&redis.url(), free_addr(), &["--relay-id", "r1"]);
-    let r2 = RelayProc::start(&redis.url(), free_addr(), &["--relay-id", "r2"]);
+    let mut r1 = RelayProc::start(&redis.url(), any_port(), &["--relay-id", "r1"]);
+    let r2 = RelayProc::start(&redis.url(), any_port(), &["--relay-id", "r2"]);
     let relays = format!("{},{}", r1.link, r2.link);
     let a = ServerProc::start("a", &redis.url(), r1.link, &["--relay", &relays]);
     let b = ServerProc::start("b", &redis.url(), r1.link, &["--relay", &relays]);
@@ -375,13 +397,28 @@ async fn with_two_relays_delivery_survives_the_loss_of_one() {
     b.wait_linked(2);
     let mut alice = WsClient::login(a.ws, "alice").await;
     let mut bob = WsClient::login(b.ws, "bob").await;
-    delivery_works(&mut alice, &mut bob, "bob", Duration::from_secs(5)).await;
+    one_probe_arrives_once(&mut alice, &mut bob, "bob", "1").await;
 
     r1.proc.kill9();
-    // The other relay carries on at once: no relink, no lost push.
-    let took = delivery_works(&mut alice, &mut bob, "bob", Duration::from_secs(5)).await;
-    delivery_works(&mut bob, &mut alice, "alice", Duration::from_secs(5)).await;
-    println!("one of two relays killed -> delivery through the other after {took:?}");
+    let killed = Instant::now();
+    // Each server sees its link to r1 close and keeps the one to r2: no
+    // relink, and a probe sent once, each way, arrives once.
+    for s in [&a, &b] {
+        let one = eventually(Duration::from_secs(10), || async {
+            (links_up(s).await == 1.0).then_some(())
+        })
+        .await;
+        assert!(one.is_some(), "server {} still counts two links", s.id);
+    }
+    let noticed = killed.elapsed();
+    one_probe_arrives_once(&mut alice, &mut bob, "bob", "2").await;
+    one_probe_arrives_once(&mut bob, &mut alice, "alice", "3").await;
+    assert_eq!(
+        a.proc.output().matches("relay link up").count(),
+        2,
+        "server a did not relink"
+    );
+    println!("one of two relays killed -> both servers noticed after {noticed:?}");
     let (_, servers) = http_get(r2.admin, "/servers").await;
     let servers: serde_json::Value = serde_json::from_str(&servers).expect("json");
     let up = servers

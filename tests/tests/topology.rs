@@ -217,8 +217,7 @@ async fn at_the_cap_new_clients_are_refused_with_alternatives_and_others_keep_wo
         };
         assert_eq!(resp.status().as_u16(), 503);
         let body: serde_json::Value =
-            serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
-                .expect("json body");
+            serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("json body");
         assert_eq!(body["error"], "full");
         let servers = body["servers"].as_array().expect("servers list");
         servers
@@ -390,7 +389,10 @@ async fn when_every_server_is_full_the_refusal_says_try_later() {
         (line == "ERR full try later: no server has room").then_some(())
     })
     .await;
-    assert!(later.is_some(), "server a never said that no server has room");
+    assert!(
+        later.is_some(),
+        "server a never said that no server has room"
+    );
     // The WebSocket refusal names no server either.
     let err = WsClient::connect(a.ws, "/ws").await.err().expect("refused");
     let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
