@@ -429,3 +429,230 @@ async fn with_two_relays_delivery_survives_the_loss_of_one() {
         .count();
     assert_eq!(up, 2, "both servers still linked to r2: {servers}");
 }
+
+#[test]
+fn a_server_without_a_token_secret_or_insecure_login_refuses_to_start() {
+    use switchboard_tests::procs::{MESSAGE_SERVER, Proc};
+    let redis = RedisServer::start();
+    let base: Vec<String> = [
+        "--id",
+        "a",
+        "--ws",
+        "127.0.0.1:0",
+        "--tcp",
+        "127.0.0.1:0",
+        "--relay",
+        "127.0.0.1:1",
+        "--redis",
+        &redis.url(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut refused = Proc::spawn("server-a", MESSAGE_SERVER, &base);
+    let status = refused
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits by itself");
+    assert!(!status.success(), "exit status {status:?}");
+    let out = refused.output();
+    assert!(
+        out.contains("no way to authenticate users") && out.contains("--token-secret-file"),
+        "the error says what is missing:\n{out}"
+    );
+    assert!(!out.contains("listening ws="), "it never listened:\n{out}");
+
+    // The same flags with a token secret: it starts, and wants tokens.
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = dir.path().join("token.secret");
+    std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").expect("write");
+    let mut args = base.clone();
+    args.extend([
+        "--token-secret-file".to_owned(),
+        secret.display().to_string(),
+    ]);
+    let started = Proc::spawn("server-a", MESSAGE_SERVER, &args);
+    let line = started.wait_line("listening ws=", Duration::from_secs(20));
+    let tcp = switchboard_tests::procs::addr_in(&line, "tcp");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut t = TcpClient::connect(tcp).await;
+        t.send("LOGIN alice").await;
+        let reply = t.recv().await;
+        assert!(reply.starts_with("ERR auth a token is required"), "{reply}");
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_goes_silent_without_closing_is_noticed_within_link_dead_after() {
+    let redis = RedisServer::start();
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
+    let dead_after = Duration::from_millis(1500);
+    let a = ServerProc::start(
+        "a",
+        &redis.url(),
+        relay.link,
+        &["--link-heartbeat", "300ms", "--link-dead-after", "1500ms"],
+    );
+    a.wait_linked(1);
+    assert_eq!(links_up(&a).await, 1.0);
+    // SIGSTOP: the relay's sockets stay open, it just says nothing more.
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &relay.proc.pid().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let stopped = Instant::now();
+    let noticed = eventually(Duration::from_secs(20), || async {
+        a.proc
+            .output()
+            .contains("relay link down")
+            .then(|| stopped.elapsed())
+    })
+    .await;
+    signal("-CONT");
+    let noticed = noticed.expect("the server never noticed the silent relay");
+    let out = a.proc.output();
+    assert!(
+        out.contains("relay silent for"),
+        "it was the silence that ended the link:\n{out}"
+    );
+    println!(
+        "relay stopped -> server noticed after {noticed:?} (--link-dead-after {dead_after:?})"
+    );
+    // The last heartbeat came at most one interval before the stop.
+    assert!(
+        noticed + Duration::from_millis(300) >= dead_after,
+        "noticed after {noticed:?}, before --link-dead-after"
+    );
+    assert_eq!(links_up(&a).await, 0.0);
+    // Once the relay speaks again, the server links again by itself.
+    a.wait_linked(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_servers_registry_entry_expires_by_its_ttl() {
+    let redis = RedisServer::start();
+    // No relay (its address held, silent): only the TTL can remove the entry.
+    let holder = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let nowhere = holder.local_addr().expect("addr");
+    let mut a = ServerProc::start(
+        "a",
+        &redis.url(),
+        nowhere,
+        &["--registry-ttl", "2s", "--registry-interval", "300ms"],
+    );
+    let pttl = || -> i64 {
+        redis::cmd("PTTL")
+            .arg("sb:srv:a")
+            .query(&mut redis.conn())
+            .expect("pttl")
+    };
+    let first = eventually(Duration::from_secs(10), || async {
+        let t = pttl();
+        (t > 0).then_some(t)
+    })
+    .await
+    .expect("registered with a TTL");
+    assert!(first <= 2000, "TTL {first} ms, over --registry-ttl");
+    // While the server lives it refreshes the entry: the TTL goes back up.
+    let refreshed = eventually(Duration::from_secs(10), || async {
+        let t = pttl();
+        (t > first).then_some(t)
+    })
+    .await;
+    assert!(refreshed.is_some(), "the TTL was never refreshed");
+
+    a.proc.kill9();
+    let killed = Instant::now();
+    let expired = eventually(Duration::from_secs(15), || async {
+        redis.keys("sb:srv:*").is_empty().then(|| killed.elapsed())
+    })
+    .await;
+    let expired = expired.expect("the registry entry of a dead server never expired");
+    println!("kill -9 with no relay -> registry entry expired after {expired:?} (TTL 2 s)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_redis_is_down_a_send_gets_an_error_never_ok_sent() {
+    let mut c = Cluster::start(2).await;
+    let mut alice = WsClient::login(c.server("a").ws, "alice").await;
+    let mut bob = WsClient::login(c.server("b").ws, "bob").await;
+    alice.send("SEND bob before").await;
+    alice.expect_prefix("OK SENT ").await;
+    bob.expect_prefix("MSG ").await;
+
+    c.redis.kill();
+    for n in 0..3 {
+        alice.send(&format!("SEND bob lost {n}")).await;
+        let reply = alice.recv().await;
+        assert!(
+            reply.starts_with("ERR unavailable "),
+            "a send with Redis down got {reply:?}"
+        );
+        alice
+            .send(&format!(
+                r#"{{"op":"send","to":"bob","text":"lost j{n}","cid":"j{n}"}}"#
+            ))
+            .await;
+        let v: serde_json::Value = serde_json::from_str(&alice.recv().await).expect("json");
+        assert_eq!(
+            (v["type"].as_str(), v["cid"].as_str()),
+            (Some("error"), Some(format!("j{n}").as_str())),
+            "{v}"
+        );
+    }
+    alice.send("PING").await;
+    assert_eq!(alice.recv().await, "PONG", "the session lives on");
+
+    c.redis.restart(false);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        alice.send("SEND bob after").await;
+        let reply = alice.recv().await;
+        if reply.starts_with("OK SENT ") {
+            break;
+        }
+        assert!(reply.starts_with("ERR unavailable "), "{reply}");
+        assert!(
+            Instant::now() < deadline,
+            "sending works again once Redis is back"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing refused was stored: bob's inbox holds the first and the last,
+    // as seqs 1 and 2. (Server b may answer its first SYNC after the outage
+    // with ERR unavailable, as a client is told to expect: it asks again.)
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let texts = 'sync: loop {
+        bob.send("SYNC 0").await;
+        let mut texts = std::collections::BTreeMap::new();
+        loop {
+            let line = bob.recv().await;
+            if line.starts_with("OK SYNC ") {
+                break 'sync texts;
+            }
+            if line.starts_with("ERR unavailable ") {
+                assert!(Instant::now() < deadline, "SYNC never worked again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue 'sync;
+            }
+            if line.starts_with("MSG ") {
+                let mut parts = line.splitn(7, ' ');
+                let seq: u64 = parts.nth(1).and_then(|s| s.parse().ok()).expect("seq");
+                texts.insert(seq, parts.nth(4).unwrap_or_default().to_owned());
+            }
+        }
+    };
+    assert_eq!(
+        texts.into_iter().collect::<Vec<_>>(),
+        [(1, "before".to_owned()), (2, "after".to_owned())],
+        "only the acknowledged sends are stored"
+    );
+}
