@@ -1,17 +1,21 @@
 //! Liveness and faults with real processes (issue 3): `kill -9` of a server
 //! and of the relay, a server started before its relay, Redis restarted
-//! empty, idle clients, SIGTERM, and a server added at run time.
+//! empty, idle clients, SIGTERM (also with sends and pushes in flight), a
+//! server added at run time, a relay gone silent, Redis down, the registry
+//! TTL, and a server that refuses to start without a way to authenticate.
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{SocketAddr, TcpListener};
-
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener as AsyncListener;
 
+use switchboard_tests::clients::Seen;
 use switchboard_tests::procs::{RelayProc, ServerProc};
 use switchboard_tests::{
     Cluster, LineClient, RedisServer, TcpClient, WsClient, eventually, http_get, metric,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener as AsyncListener;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Port 0: the process picks a free port and logs it.
 fn any_port() -> SocketAddr {
@@ -654,5 +658,178 @@ async fn while_redis_is_down_a_send_gets_an_error_never_ok_sent() {
         texts.into_iter().collect::<Vec<_>>(),
         [(1, "before".to_owned()), (2, "after".to_owned())],
         "only the acknowledged sends are stored"
+    );
+}
+
+/// Reads JSON replies on a sender until the server closes; returns the
+/// cids answered `sent` (with their seq) and the close code.
+async fn answers_until_close(c: &mut WsClient) -> (HashMap<String, u64>, Option<u16>) {
+    let mut sent = HashMap::new();
+    loop {
+        match c.next_within(Duration::from_secs(20)).await {
+            Seen::Line(l) => {
+                let v: serde_json::Value = serde_json::from_str(&l).expect("json");
+                match v["type"].as_str() {
+                    Some("sent") => {
+                        let cid = v["cid"].as_str().expect("cid").to_owned();
+                        let seq = v["seq"].as_u64().expect("seq");
+                        assert!(sent.insert(cid, seq).is_none(), "answered twice: {v}");
+                    }
+                    // Refused while shutting down: not stored, sent again later.
+                    Some("error") => {}
+                    _ => panic!("unexpected reply {v}"),
+                }
+            }
+            Seen::Closed(code) => return (sent, code),
+            Seen::Timeout => panic!("the server neither answered nor closed"),
+        }
+    }
+}
+
+/// `SYNC 0` on a fresh session of `user`: `text -> times seen`.
+async fn inbox_texts(addr: SocketAddr, user: &str) -> HashMap<String, usize> {
+    let mut c = WsClient::login(addr, user).await;
+    c.send("PING").await;
+    c.expect_prefix("PONG").await;
+    c.send("SYNC 0").await;
+    let mut seen: BTreeMap<u64, String> = BTreeMap::new();
+    loop {
+        let line = c.recv().await;
+        if line.starts_with("OK SYNC ") {
+            break;
+        }
+        if line.starts_with("MSG ") {
+            let mut parts = line.splitn(7, ' ');
+            let seq: u64 = parts.nth(1).and_then(|s| s.parse().ok()).expect("seq");
+            seen.insert(seq, parts.nth(4).unwrap_or_default().to_owned());
+        }
+    }
+    let mut counts = HashMap::new();
+    for text in seen.into_values() {
+        *counts.entry(text).or_insert(0) += 1;
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_sends_and_pushes_in_flight_loses_nothing() {
+    const N: usize = 400;
+    let redis = RedisServer::start();
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
+    let mut a = ServerProc::start("a", &redis.url(), relay.link, &["--rate-limit", "0"]);
+    let b = ServerProc::start("b", &redis.url(), relay.link, &["--rate-limit", "0"]);
+    a.wait_linked(1);
+    b.wait_linked(1);
+    let mut far = WsClient::login(b.ws, "far").await;
+    let mut near = WsClient::login(a.ws, "near").await;
+    let mut sender = WsClient::login(a.ws, "sender").await;
+    let plan: Vec<(String, &str, String)> = (0..N)
+        .map(|i| {
+            let to = if i % 2 == 0 { "far" } else { "near" };
+            (format!("c{i}"), to, format!("m{i}"))
+        })
+        .collect();
+    let frame = |(cid, to, text): &(String, &str, String)| {
+        serde_json::json!({"op":"send","to":to,"text":text,"cid":cid}).to_string()
+    };
+    // Half the sends; SIGTERM once the first answers are back (the rest are
+    // in flight); then the other half into the closing session.
+    for p in &plan[..N / 2] {
+        sender.send(&frame(p)).await;
+    }
+    let mut answered = HashMap::new();
+    while answered.len() < 10 {
+        let v: serde_json::Value = serde_json::from_str(&sender.recv().await).expect("json");
+        assert_eq!(v["type"], "sent", "{v}");
+        answered.insert(v["cid"].as_str().expect("cid").to_owned(), 0);
+    }
+    a.proc.term();
+    for p in &plan[N / 2..] {
+        let _ = sender.send_message(Message::text(frame(p))).await;
+    }
+    let (more, code) = answers_until_close(&mut sender).await;
+    for cid in more.into_keys() {
+        assert!(answered.insert(cid, 0).is_none(), "answered twice");
+    }
+    assert_eq!(
+        code,
+        Some(1001),
+        "the sender is told the server is going away"
+    );
+    let mut near_got = Vec::new();
+    loop {
+        match near.next_within(Duration::from_secs(20)).await {
+            Seen::Line(l) if l.starts_with("MSG ") => near_got.push(l),
+            Seen::Line(_) => {}
+            Seen::Closed(code) => {
+                assert_eq!(code, Some(1001), "near is told the server is going away");
+                break;
+            }
+            Seen::Timeout => panic!("near was never closed"),
+        }
+    }
+    let status = a.proc.wait_exit(Duration::from_secs(20)).expect("a exits");
+    assert!(status.success(), "exit status {status:?}");
+
+    // Every send acknowledged before the close was pushed to far (on the
+    // server that stays) exactly once, by the relay.
+    let far_acked: Vec<&str> = plan
+        .iter()
+        .filter(|(cid, to, _)| *to == "far" && answered.contains_key(cid))
+        .map(|(_, _, text)| text.as_str())
+        .collect();
+    let mut far_got: HashMap<String, usize> = HashMap::new();
+    while far_acked.iter().any(|t| !far_got.contains_key(*t)) {
+        match far.next_within(Duration::from_secs(20)).await {
+            Seen::Line(l) if l.starts_with("MSG ") => {
+                let text = l.splitn(7, ' ').nth(6).unwrap_or_default().to_owned();
+                *far_got.entry(text).or_insert(0) += 1;
+            }
+            Seen::Line(_) => {}
+            other => panic!(
+                "far lacks {} acknowledged pushes ({other:?})",
+                far_acked
+                    .iter()
+                    .filter(|t| !far_got.contains_key(**t))
+                    .count()
+            ),
+        }
+    }
+    assert!(far_got.values().all(|n| *n == 1), "a push came twice");
+    // What near was pushed before its close are real messages to it.
+    for l in &near_got {
+        let to = l.split(' ').nth(3).unwrap_or_default();
+        assert_eq!(to, "near", "{l}");
+    }
+
+    // The client sends again, with the same cids, whatever was not answered.
+    let mut retry = WsClient::login(b.ws, "sender").await;
+    let unanswered: Vec<_> = plan
+        .iter()
+        .filter(|(cid, _, _)| !answered.contains_key(cid))
+        .collect();
+    for p in &unanswered {
+        retry.send(&frame(p)).await;
+        retry.expect_prefix(r#"{"type":"sent""#).await;
+    }
+    // Each of the N messages is now in its recipient's inbox exactly once.
+    for user in ["far", "near"] {
+        let inbox = inbox_texts(b.ws, user).await;
+        for (_, to, text) in plan.iter().filter(|(_, to, _)| *to == user) {
+            assert_eq!(
+                inbox.get(text.as_str()).copied(),
+                Some(1),
+                "{text} to {to}: stored once"
+            );
+        }
+        assert_eq!(inbox.len(), N / 2, "{user}'s inbox holds nothing else");
+    }
+    println!(
+        "SIGTERM mid-stream: {} of {N} sends answered before the close, {} pushed to far, \
+         {} to near before its close, {} sent again after",
+        answered.len(),
+        far_got.len(),
+        near_got.len(),
+        unanswered.len()
     );
 }
