@@ -538,3 +538,46 @@ async fn each_device_has_its_own_ack_cursor_that_never_moves_back() {
     let (_tablet, replay) = device_login(a, "alice", "tablet").await;
     assert_eq!(replay, [1, 2, 3, 4, 5]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cid_is_remembered_for_cid_ttl_and_then_forgotten() {
+    let c = Cluster::start_with(1, |cfg| cfg.limits.cid_ttl = Duration::from_secs(1)).await;
+    let mut alice = WsClient::login(c.server("a").ws, "alice").await;
+    let send = r#"{"op":"send","to":"bob","text":"again","cid":"c-1"}"#;
+    alice.send(send).await;
+    let first: serde_json::Value =
+        serde_json::from_str(&alice.expect_prefix(r#"{"type":"sent""#).await).expect("json");
+    // Within the TTL a retry is the same message; once it has passed, the
+    // same cid is a new message (the TTL bounds what Redis remembers; with
+    // the default of a day this loop would never end).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        alice.send(send).await;
+        let v: serde_json::Value =
+            serde_json::from_str(&alice.expect_prefix(r#"{"type":"sent""#).await).expect("json");
+        if v["id"] != first["id"] {
+            break v;
+        }
+        assert_eq!(v["seq"], first["seq"], "a retry within the TTL: {v}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cid was never forgotten"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (first["seq"].as_u64(), second["seq"].as_u64()),
+        (Some(1), Some(2))
+    );
+    let mut bob = WsClient::login(c.server("a").ws, "bob").await;
+    bob.send("PING").await;
+    let mut texts = 0;
+    loop {
+        let l = bob.recv().await;
+        if l == "PONG" {
+            break;
+        }
+        texts += usize::from(l.ends_with(" again"));
+    }
+    assert_eq!(texts, 2, "stored once within the TTL, once after");
+}

@@ -396,9 +396,13 @@ async fn with_two_relays_delivery_survives_the_loss_of_one() {
     let relays = format!("{},{}", r1.link, r2.link);
     let a = ServerProc::start("a", &redis.url(), r1.link, &["--relay", &relays]);
     let b = ServerProc::start("b", &redis.url(), r1.link, &["--relay", &relays]);
-    // Each server links to both relays.
+    // Each server links to both relays, which name themselves.
     a.wait_linked(2);
     b.wait_linked(2);
+    for relay_id in ["r1", "r2"] {
+        a.proc
+            .wait_line(&format!("relay_id={relay_id}"), Duration::from_secs(5));
+    }
     let mut alice = WsClient::login(a.ws, "alice").await;
     let mut bob = WsClient::login(b.ws, "bob").await;
     one_probe_arrives_once(&mut alice, &mut bob, "bob", "1").await;

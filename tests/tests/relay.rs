@@ -928,3 +928,34 @@ async fn a_server_that_stops_reading_slows_no_one_and_is_cut_off() {
     );
     heartbeats.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_links_are_closed_and_counted() {
+    let redis = RedisServer::start();
+    let relay = start_relay(&redis, |c| c.max_links = 1).await;
+    let mut a = Fake::link(relay.link, "a", 1).await;
+    // The second connection gets no challenge: closed at once.
+    let stream = TcpStream::connect(relay.link).await.expect("connect");
+    let mut second: Link = Framed::new(stream, LinkCodec::default());
+    expect_closed(&mut second).await;
+    assert_eq!(
+        relay
+            .metric("relay_links_refused_total{reason=\"full\"}")
+            .await,
+        1.0
+    );
+    // The linked server is not affected; once it goes, its slot is free.
+    a.sync().await;
+    a.send(Frame::Bye).await;
+    a.expect_closed().await;
+    let back = eventually(Duration::from_secs(10), || async {
+        let stream = TcpStream::connect(relay.link).await.ok()?;
+        let mut framed: Link = Framed::new(stream, LinkCodec::default());
+        match next_frame(&mut framed).await {
+            Some(Frame::Challenge { .. }) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(back.is_some(), "the slot was never given back");
+}

@@ -441,3 +441,47 @@ async fn one_address_may_hold_at_most_max_connections_per_ip() {
     second.send("WHO third").await;
     assert_eq!(second.recv().await, "ONLINE third 1");
 }
+
+/// The kernel's timer on the server's end of a connection from local port
+/// `client_port` to `server_port`: `(timer kind, seconds left)` from
+/// /proc/net/tcp (kind 2 is the keepalive timer).
+fn server_side_timer(server_port: u16, client_port: u16) -> Option<(u8, f64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+        if port(f.get(1)?)? != server_port || port(f.get(2)?)? != client_port {
+            return None;
+        }
+        let (kind, when) = f.get(5)?.split_once(':')?;
+        // Clock ticks, USER_HZ: 100 on Linux.
+        let ticks = u64::from_str_radix(when, 16).ok()?;
+        Some((u8::from_str_radix(kind, 16).ok()?, ticks as f64 / 100.0))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sockets_get_tcp_keepalive_after_tcp_keepalive() {
+    let c = Cluster::start_with(1, |cfg| {
+        cfg.limits.tcp_keepalive = Duration::from_secs(7);
+    })
+    .await;
+    let a = c.server("a");
+    for (port, name) in [(a.tcp, "telnet"), (a.ws, "websocket")] {
+        let stream = tokio::net::TcpStream::connect(port).await.expect("connect");
+        let me = stream.local_addr().expect("local addr").port();
+        // Once the connection is idle the kernel runs the keepalive timer
+        // on the server's socket, set to --tcp-keepalive.
+        let timer = switchboard_tests::eventually(Duration::from_secs(10), || async {
+            server_side_timer(port.port(), me).filter(|(kind, _)| *kind == 2)
+        })
+        .await;
+        let (_, left) =
+            timer.unwrap_or_else(|| panic!("{name}: no keepalive timer on the server's socket"));
+        assert!(
+            left > 0.0 && left <= 7.0,
+            "{name}: keepalive fires in {left} s, --tcp-keepalive is 7 s"
+        );
+        drop(stream);
+    }
+}
