@@ -55,9 +55,16 @@ fn strip_ansi(s: &str) -> String {
 }
 
 impl Proc {
-    /// Starts `bin` with `args`; its stdout and stderr are collected.
+    /// Starts `bin` with `args`; its stdout and stderr are collected. The
+    /// test's own `SB_*` variables are not passed on: the flags decide.
     pub fn spawn(name: &str, bin: &str, args: &[String]) -> Proc {
-        let mut child = Command::new(bin_path(bin))
+        let mut command = Command::new(bin_path(bin));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SB_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
