@@ -485,3 +485,45 @@ async fn client_sockets_get_tcp_keepalive_after_tcp_keepalive() {
         drop(stream);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_lists_every_command_of_the_readme_and_the_session_lives_on() {
+    let c = Cluster::start(1).await;
+    let mut t = TcpClient::connect(c.server("a").tcp).await;
+    // HELP works before login too; its lines are followed by PING's PONG.
+    t.send("HELP").await;
+    t.send("PING").await;
+    let mut help = Vec::new();
+    loop {
+        let line = t.recv().await;
+        if line == "PONG" {
+            break;
+        }
+        help.push(line);
+    }
+    let verbs: Vec<&str> = help
+        .iter()
+        .flat_map(|l| l.split(|c: char| c == ' ' || c == '|'))
+        .filter(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase()))
+        .collect();
+    for verb in [
+        "LOGIN", "SEND", "JOIN", "LEAVE", "PUB", "ALL", "HISTORY", "ACK", "SYNC", "WHO", "PING",
+        "HELP", "QUIT",
+    ] {
+        assert!(verbs.contains(&verb), "HELP lacks {verb}: {help:?}");
+    }
+    // JSON asks get the same lines in one object.
+    t.send(r#"{"op":"help","cid":"h"}"#).await;
+    let v: serde_json::Value = serde_json::from_str(&t.recv().await).expect("json");
+    assert_eq!(
+        (v["type"].as_str(), v["cid"].as_str()),
+        (Some("help"), Some("h"))
+    );
+    let lines: Vec<&str> = v["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert_eq!(lines, help);
+}
