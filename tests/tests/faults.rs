@@ -837,3 +837,113 @@ async fn sigterm_with_sends_and_pushes_in_flight_loses_nothing() {
         unanswered.len()
     );
 }
+
+const WAIT_LOG: Duration = Duration::from_secs(5);
+
+/// The time of day, in seconds, at the start of a log line
+/// (`2026-01-01T12:34:56.789012Z  INFO ...`).
+fn log_time(line: &str) -> f64 {
+    let stamp = line.split_whitespace().next().unwrap_or_default();
+    let time = stamp
+        .split_once('T')
+        .map(|(_, t)| t.trim_end_matches('Z'))
+        .unwrap_or_default();
+    let parts: Vec<f64> = time.split(':').filter_map(|p| p.parse().ok()).collect();
+    assert_eq!(parts.len(), 3, "no time in log line {line:?}");
+    parts[0] * 3600.0 + parts[1] * 60.0 + parts[2]
+}
+
+/// Bytes waiting in the send queue of the socket from local port `local`
+/// to remote port `remote`, from /proc/net/tcp.
+fn send_queue(local: u16, remote: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+        if port(f.get(1)?)? != local || port(f.get(2)?)? != remote {
+            return None;
+        }
+        u64::from_str_radix(f.get(4)?.split(':').next()?, 16).ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_on_a_stuck_session_after_shutdown_timeout() {
+    let redis = RedisServer::start();
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
+    // Writes to a client may block for a minute; shutdown waits 1 s.
+    let mut a = ServerProc::start(
+        "a",
+        &redis.url(),
+        relay.link,
+        &[
+            "--shutdown-timeout",
+            "1s",
+            "--write-timeout",
+            "60s",
+            "--session-queue",
+            "10000",
+            "--rate-limit",
+            "0",
+        ],
+    );
+    a.wait_linked(1);
+    // A client with a tiny receive window that never reads.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut sloth = socket.connect(a.tcp).await.expect("connect");
+    let sloth_port = sloth.local_addr().expect("addr").port();
+    sloth.write_all(b"LOGIN sloth\r\n").await.expect("login");
+    let mut pusher = TcpClient::login(a.tcp, "pusher").await;
+    let body = "w".repeat(60 * 1024);
+    // Until the server's socket to the sloth holds unsent bytes: its writes
+    // to the sloth are stuck.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stuck = loop {
+        pusher.send(&format!("SEND sloth {body}")).await;
+        pusher.expect_prefix("OK SENT ").await;
+        if send_queue(a.tcp.port(), sloth_port).is_some_and(|q| q > 0) {
+            break Some(());
+        }
+        if Instant::now() > deadline {
+            break None;
+        }
+    };
+    assert!(
+        stuck.is_some(),
+        "the server's writes to the sloth never backed up"
+    );
+    // Well past the socket buffers, so the session is inside a write.
+    for _ in 0..100 {
+        pusher.send(&format!("SEND sloth {body}")).await;
+        pusher.expect_prefix("OK SENT ").await;
+    }
+
+    let termed = Instant::now();
+    a.proc.term();
+    let status = a
+        .proc
+        .wait_exit(Duration::from_secs(30))
+        .expect("exits well before the 60 s write timeout");
+    println!(
+        "SIGTERM with a stuck session -> exit after {:?}",
+        termed.elapsed()
+    );
+    assert!(status.success(), "exit status {status:?}");
+    // The server's own log says when it began to wait and when it gave up:
+    // after --shutdown-timeout (1 s), not the default 5 s.
+    let began = log_time(
+        &a.proc
+            .wait_line("shutting down: closing sessions", WAIT_LOG),
+    );
+    let gave_up = log_time(
+        &a.proc
+            .wait_line("some sessions did not close in time", WAIT_LOG),
+    );
+    let waited = gave_up - began;
+    assert!(
+        (0.9..4.5).contains(&waited),
+        "shutdown waited {waited:.2} s for the stuck session, --shutdown-timeout is 1 s"
+    );
+    drop(sloth);
+}
