@@ -503,7 +503,7 @@ async fn help_lists_every_command_of_the_readme_and_the_session_lives_on() {
     }
     let verbs: Vec<&str> = help
         .iter()
-        .flat_map(|l| l.split(|c: char| c == ' ' || c == '|'))
+        .flat_map(|l| l.split([' ', '|']))
         .filter(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase()))
         .collect();
     for verb in [
