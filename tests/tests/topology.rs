@@ -527,3 +527,48 @@ async fn help_lists_every_command_of_the_readme_and_the_session_lives_on() {
         .collect();
     assert_eq!(lines, help);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_blocked_for_write_timeout_closes_the_session() {
+    // The queue bound is out of the way (10,000 pushes): only a write that
+    // stays blocked for --write-timeout (1 s; the default is 10 s) can
+    // close the sloth.
+    let c = Cluster::start_with(1, |cfg| {
+        cfg.limits.write_timeout = Duration::from_secs(1);
+        cfg.limits.session_queue = 10_000;
+        cfg.limits.rate_limit = 0;
+    })
+    .await;
+    let a = c.server("a");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut sloth = socket.connect(a.tcp).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut sloth, b"LOGIN sloth\r\n")
+        .await
+        .expect("login");
+    let mut pusher = TcpClient::login(a.tcp, "pusher").await;
+    let body = "w".repeat(60 * 1024);
+    let start = std::time::Instant::now();
+    let mut pushed = 0;
+    let closed = loop {
+        // More than the socket buffers hold, a little at a time.
+        pusher.send(&format!("SEND sloth {body}")).await;
+        pusher.expect_prefix("OK SENT ").await;
+        pushed += 1;
+        pusher.send("WHO sloth").await;
+        if pusher.expect_prefix("O").await == "OFFLINE sloth" {
+            break Some(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(8) {
+            break None;
+        }
+    };
+    let closed = closed.expect("the sloth was not closed within 8 s; --write-timeout is 1 s");
+    println!("a client that never reads: closed after {pushed} pushes, {closed:?}");
+    assert_eq!(
+        a.metrics.slow_consumers.get(),
+        0,
+        "closed by the write timeout, not by the queue bound"
+    );
+    drop(sloth);
+}
