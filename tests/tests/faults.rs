@@ -462,11 +462,13 @@ fn a_server_without_a_token_secret_or_insecure_login_refuses_to_start() {
         .wait_exit(Duration::from_secs(20))
         .expect("exits by itself");
     assert!(!status.success(), "exit status {status:?}");
-    let out = refused.output();
+    // Its output is read by other threads: wait for the line, not the exit.
+    let error = refused.wait_line("no way to authenticate users", Duration::from_secs(10));
     assert!(
-        out.contains("no way to authenticate users") && out.contains("--token-secret-file"),
-        "the error says what is missing:\n{out}"
+        error.contains("--token-secret-file") && error.contains("--insecure-login"),
+        "the error says what is missing: {error}"
     );
+    let out = refused.output();
     assert!(!out.contains("listening ws="), "it never listened:\n{out}");
 
     // The same flags with a token secret: it starts, and wants tokens.
