@@ -766,10 +766,11 @@ async fn the_sweep_leaves_servers_linked_here_alone() {
     let relay = start_relay(&redis, |c| c.sweep_interval = Duration::from_millis(100)).await;
     let mut b = Fake::link(relay.link, "b", 7).await;
     // Its registry refreshes stall, but its link is alive. "x", as stale and
-    // linked nowhere, is the witness that sweeps ran.
+    // linked nowhere, is the witness that sweeps ran (its session is written
+    // first, so a sweep between the two writes cannot miss it).
     register(&redis, "b", 7, now_ms() - 60_000);
-    register(&redis, "x", 3, now_ms() - 60_000);
     add_session(&redis, "u2", 2, "x", 3);
+    register(&redis, "x", 3, now_ms() - 60_000);
     let swept = eventually(Duration::from_secs(10), || async {
         sessions_of(&redis, "u2").is_empty().then_some(())
     })
