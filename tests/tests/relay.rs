@@ -647,6 +647,24 @@ async fn a_silent_server_is_declared_dead_and_purged() {
     assert!(counted.is_some(), "the purge was not counted once");
 }
 
+/// A witness server `w` (epoch 9) with one session of user `w-user`, linked;
+/// dropping the returned link without `Bye` gets it purged after the grace.
+async fn witness(redis: &RedisServer, relay: &Relay) -> Fake {
+    register(redis, "w", 9, now_ms());
+    add_session(redis, "w-user", 90, "w", 9);
+    Fake::link(relay.link, "w", 9).await
+}
+
+/// Waits until the witness's session is purged: the relay's purge for a
+/// link that dropped at the same moment has run by then.
+async fn witness_purged(redis: &RedisServer) {
+    let purged = eventually(Duration::from_secs(10), || async {
+        sessions_of(redis, "w-user").is_empty().then_some(())
+    })
+    .await;
+    assert!(purged.is_some(), "the witness was never purged");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_says_bye_is_not_purged() {
     let redis = RedisServer::start();
@@ -655,15 +673,18 @@ async fn a_server_that_says_bye_is_not_purged() {
     let relay = start_relay(&redis, |c| c.purge_grace = Duration::from_millis(300)).await;
 
     let mut b = Fake::link(relay.link, "b", 7).await;
+    let w = witness(&redis, &relay).await;
     b.send(Frame::Bye).await;
     b.expect_closed().await;
     drop(b);
+    drop(w);
 
-    // Well past the grace: the relay purged nothing (b cleans up itself).
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Past the grace (the witness, gone without Bye, was purged): the relay
+    // purged nothing of b (b cleans up itself).
+    witness_purged(&redis).await;
     assert_eq!(sessions_of(&redis, "u1"), [sid(1)]);
     assert!(registered(&redis, "b"));
-    assert_eq!(relay.metric("relay_purges_total").await, 0.0);
+    assert_eq!(relay.metric("relay_purges_total").await, 1.0);
     let servers = relay.servers().await;
     assert_eq!(servers.len(), 1);
     assert_eq!(servers[0]["id"], "b");
@@ -677,13 +698,16 @@ async fn a_server_that_links_again_in_time_is_not_purged() {
     add_session(&redis, "u1", 1, "b", 7);
     let relay = start_relay(&redis, |c| c.purge_grace = Duration::from_millis(500)).await;
 
-    // A network blip: the link drops and comes back with the same epoch.
+    // A network blip: the link drops and comes back with the same epoch;
+    // the witness's link drops at the same time and stays away.
+    let w = witness(&redis, &relay).await;
     drop(Fake::link(relay.link, "b", 7).await);
+    drop(w);
     let mut b = Fake::link(relay.link, "b", 7).await;
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    witness_purged(&redis).await;
     b.sync().await;
     assert_eq!(sessions_of(&redis, "u1"), [sid(1)]);
-    assert_eq!(relay.metric("relay_purges_total").await, 0.0);
+    assert_eq!(relay.metric("relay_purges_total").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,15 +715,19 @@ async fn a_newer_link_replaces_the_older_one() {
     let redis = RedisServer::start();
     let relay = start_relay(&redis, |c| c.purge_grace = Duration::from_millis(200)).await;
     let mut a = Fake::link(relay.link, "a", 1).await;
+    let w = witness(&redis, &relay).await;
     let mut old = Fake::link(relay.link, "b", 1).await;
     let mut new = Fake::link(relay.link, "b", 2).await;
+    drop(w);
 
     old.expect_closed().await;
     a.send(deliver("b", "for the new one")).await;
     assert_eq!(new.recv().await, Some(deliver("b", "for the new one")));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past the grace of a link that ended when the old one did: the
+    // replaced link is not a death, only the witness was purged.
+    witness_purged(&redis).await;
     assert_eq!(relay.metric("relay_links").await, 2.0);
-    assert_eq!(relay.metric("relay_purges_total").await, 0.0);
+    assert_eq!(relay.metric("relay_purges_total").await, 1.0);
     let servers = relay.servers().await;
     assert_eq!(servers[1]["id"], "b");
     assert_eq!(servers[1]["epoch"], 2);
@@ -751,12 +779,20 @@ async fn the_sweep_leaves_servers_linked_here_alone() {
     add_session(&redis, "u1", 1, "b", 7);
     let relay = start_relay(&redis, |c| c.sweep_interval = Duration::from_millis(100)).await;
     let mut b = Fake::link(relay.link, "b", 7).await;
-    // Its registry refreshes stall, but its link is alive.
+    // Its registry refreshes stall, but its link is alive. "x", as stale and
+    // linked nowhere, is the witness that sweeps ran (its session is written
+    // first, so a sweep between the two writes cannot miss it).
     register(&redis, "b", 7, now_ms() - 60_000);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    add_session(&redis, "u2", 2, "x", 3);
+    register(&redis, "x", 3, now_ms() - 60_000);
+    let swept = eventually(Duration::from_secs(10), || async {
+        sessions_of(&redis, "u2").is_empty().then_some(())
+    })
+    .await;
+    assert!(swept.is_some(), "the sweep never purged stale x");
     b.sync().await;
     assert_eq!(sessions_of(&redis, "u1"), [sid(1)]);
-    assert_eq!(relay.metric("relay_purges_total").await, 0.0);
+    assert_eq!(relay.metric("relay_purges_total").await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -941,4 +977,35 @@ async fn a_server_that_stops_reading_slows_no_one_and_is_cut_off() {
             > 0.0
     );
     heartbeats.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_links_are_closed_and_counted() {
+    let redis = RedisServer::start();
+    let relay = start_relay(&redis, |c| c.max_links = 1).await;
+    let mut a = Fake::link(relay.link, "a", 1).await;
+    // The second connection gets no challenge: closed at once.
+    let stream = TcpStream::connect(relay.link).await.expect("connect");
+    let mut second: Link = Framed::new(stream, LinkCodec::default());
+    expect_closed(&mut second).await;
+    assert_eq!(
+        relay
+            .metric("relay_links_refused_total{reason=\"full\"}")
+            .await,
+        1.0
+    );
+    // The linked server is not affected; once it goes, its slot is free.
+    a.sync().await;
+    a.send(Frame::Bye).await;
+    a.expect_closed().await;
+    let back = eventually(Duration::from_secs(10), || async {
+        let stream = TcpStream::connect(relay.link).await.ok()?;
+        let mut framed: Link = Framed::new(stream, LinkCodec::default());
+        match next_frame(&mut framed).await {
+            Some(Frame::Challenge { .. }) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(back.is_some(), "the slot was never given back");
 }
