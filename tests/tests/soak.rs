@@ -283,6 +283,9 @@ async fn soak() {
     );
 }
 
+/// One measure of a row, for a panel of the plot.
+type Measure = fn(&Row) -> f64;
+
 /// `soak.csv` and `soak.svg` (three panels over time: RSS, fds, CPU).
 fn write_record(out: &std::path::Path, rows: &[Row]) {
     let mut csv = String::from("t_s,process,rss_mib,fds,cpu_pct\n");
@@ -303,7 +306,7 @@ fn write_record(out: &std::path::Path, rows: &[Row]) {
     ];
     let (w, ph, left) = (900.0, 200.0, 60.0);
     let max_t = rows.iter().map(|r| r.t).fold(1.0, f64::max);
-    let panels: [(&str, fn(&Row) -> f64); 3] = [
+    let panels: [(&str, Measure); 3] = [
         ("RSS, MiB", |r| r.rss_mib),
         ("open fds", |r| r.fds as f64),
         ("CPU, % of one core", |r| r.cpu_pct),
