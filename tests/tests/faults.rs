@@ -157,6 +157,13 @@ async fn servers_relink_to_a_restarted_relay_by_themselves() {
     let _relay2 = RelayProc::start(&redis.url(), link, &[]);
     a.wait_linked(2);
     b.wait_linked(2);
+    // The message stored while no relay ran is pushed to bob unasked once
+    // b links to the new relay (issue 13: push after a fault).
+    let pushed = bob.expect_prefix("MSG ").await;
+    assert!(
+        pushed.ends_with(" while the relay is down"),
+        "bob got {pushed}"
+    );
     one_probe_arrives_once(&mut alice, &mut bob, "bob", "2").await;
     println!(
         "relay restart -> both linked, a probe pushed across: {:?}",
