@@ -361,8 +361,16 @@ async fn send_through(
         let mut failed_at: Option<tokio::time::Instant> = None;
         loop {
             client.send(&line).await;
-            let reply = client.expect_prefix("{\"type\":\"").await;
-            let v: serde_json::Value = serde_json::from_str(&reply).expect("json");
+            // The answer, past any push: after a fault the server catches
+            // this session up with its own inbox (messages a failed attempt
+            // stored), unasked.
+            let (reply, v) = loop {
+                let reply = client.expect_prefix("{\"type\":\"").await;
+                let v: serde_json::Value = serde_json::from_str(&reply).expect("json");
+                if v["type"] != "msg" {
+                    break (reply, v);
+                }
+            };
             if v["type"] == "sent" {
                 let id = v["id"].as_str().expect("id").to_owned();
                 acked.push((id, v["seq"].as_u64().expect("seq")));
