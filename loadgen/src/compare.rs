@@ -166,7 +166,9 @@ fn step_at(r: Option<&Report>, rate: u64) -> Option<&TrafficResult> {
 }
 
 fn summary_table(md: &mut String, runs: &Runs) {
-    md.push_str("| measure | peer | Switchboard | ratio | target | |\n|---|---:|---:|---:|---|---|\n");
+    md.push_str(
+        "| measure | peer | Switchboard | ratio | target | |\n|---|---:|---:|---:|---|---|\n",
+    );
     let pair = "Socket.IO redis-adapter pair";
     let streams = "Socket.IO redis-streams-adapter (fsync always)";
 
@@ -212,7 +214,9 @@ fn summary_table(md: &mut String, runs: &Runs) {
     // Durable direct messages (every one stored, fsync always).
     rate_row(
         md,
-        &format!("durable DMs (`SEND`, fsync always): highest sustained rate, msg/s; peer: {pair} (stores nothing)"),
+        &format!(
+            "durable DMs (`SEND`, fsync always): highest sustained rate, msg/s; peer: {pair} (stores nothing)"
+        ),
         runs.sio_tp.as_ref(),
         runs.sb_tp.as_ref(),
         DURABLE_RATE_RATIO_PAIR,
@@ -289,7 +293,10 @@ fn idle_row(
             && (!ratio_target || ratio.is_some_and(|r| r >= IDLE_RATIO))
     });
     let target = if ratio_target {
-        format!("≤ {:.0} KiB and ≥ {IDLE_RATIO:.0}x lighter", IDLE_MAX_BYTES / 1024.0)
+        format!(
+            "≤ {:.0} KiB and ≥ {IDLE_RATIO:.0}x lighter",
+            IDLE_MAX_BYTES / 1024.0
+        )
     } else {
         format!("≤ {:.0} KiB", IDLE_MAX_BYTES / 1024.0)
     };
