@@ -187,9 +187,11 @@ pub struct Limits {
 
 impl Config {
     /// A configuration for tests and embedding: ports 0 on 127.0.0.1,
-    /// insecure login, the given Redis and relay, every other value default.
+    /// insecure login, the given Redis and relay (`None`: no relay at all),
+    /// every other value the flag default. `SB_*` variables are not read:
+    /// the result does not depend on the caller's environment.
     pub fn local(id: &str, redis: &str, relay: Option<SocketAddr>) -> Config {
-        use clap::Parser;
+        use clap::{CommandFactory, FromArgMatches};
         let mut args = vec![
             "message-server".to_owned(),
             "--id".to_owned(),
@@ -206,8 +208,17 @@ impl Config {
             args.push("--relay".to_owned());
             args.push(relay.to_string());
         }
-        match Config::try_parse_from(args) {
-            Ok(c) => c,
+        let command = Config::command().mut_args(|a| a.env(None));
+        let parsed = command
+            .try_get_matches_from(args)
+            .and_then(|m| Config::from_arg_matches(&m));
+        match parsed {
+            Ok(mut c) => {
+                if relay.is_none() {
+                    c.relay.clear();
+                }
+                c
+            }
             Err(e) => unreachable!("built-in arguments parse: {e}"),
         }
     }
@@ -217,11 +228,48 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// Parses `args` as the command line, with every `SB_*` variable of
+    /// this process's environment ignored (a developer's shell may set them).
+    fn parse_without_env(args: &[&str]) -> Result<Config, clap::Error> {
+        use clap::{CommandFactory, FromArgMatches};
+        let command = Config::command().mut_args(|a| a.env(None));
+        Config::from_arg_matches(&command.try_get_matches_from(args)?)
+    }
+
     #[test]
-    fn local_config_uses_free_ports() {
+    fn the_flag_defaults_are_the_documented_ones() {
+        let c = parse_without_env(&["message-server", "--id", "a"]).expect("defaults parse");
+        // The README's table of defaults.
+        assert_eq!(c.ws.to_string(), "127.0.0.1:9001");
+        assert_eq!(c.tcp.to_string(), "127.0.0.1:9101");
+        assert_eq!(c.relay, ["127.0.0.1:9000"]);
+        assert_eq!(c.redis.urls, ["redis://127.0.0.1:6379/"]);
+        assert_eq!(c.redis.mode, redis_store::RedisMode::Single);
+        assert_eq!(c.redis.replica_acks, 0);
+        assert_eq!(c.redis.replica_timeout, Duration::from_secs(1));
+        assert_eq!(c.max_connections, 500);
+        assert!(!c.insecure_login && c.token_secret_file.is_none());
+        assert_eq!(c.limits.rate_limit, 100);
+        assert_eq!(c.limits.max_sessions_per_user, 32);
+        assert_eq!(c.limits.max_connections_per_ip, 1000);
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(c.limits.max_message, 64 * 1024);
+        assert_eq!(c.limits.link_dead_after, Duration::from_secs(3));
+        // --id is required.
+        assert!(parse_without_env(&["message-server"]).is_err());
+    }
+
+    #[test]
+    fn local_changes_only_addresses_redis_relay_and_login() {
+        let flags = parse_without_env(&["message-server", "--id", "a"]).expect("defaults parse");
         let c = Config::local("a", "redis://127.0.0.1:1/", None);
-        assert_eq!(c.ws.port(), 0);
+        assert_eq!((c.ws.port(), c.tcp.port()), (0, 0));
+        assert!(c.relay.is_empty(), "no relay given, none configured");
         assert!(c.insecure_login);
-        assert_eq!(c.limits.max_message, 65536);
+        // Every limit is the flag default: tests run what operators run.
+        assert_eq!(format!("{:?}", c.limits), format!("{:?}", flags.limits));
+        let relay = "127.0.0.1:7".parse().expect("addr");
+        let c = Config::local("a", "redis://127.0.0.1:1/", Some(relay));
+        assert_eq!(c.relay, ["127.0.0.1:7"]);
     }
 }

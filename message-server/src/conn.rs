@@ -17,6 +17,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
 
+/// After our close (frame or line) is written, how long we keep reading and
+/// discarding what the client still sends, until it closes too. Closing a
+/// socket with unread input makes the kernel answer with a reset, and a
+/// reset can destroy our close before the client reads it: a client that
+/// was sending at the moment would see a broken connection instead of the
+/// close code (e.g. 1001 at shutdown).
+const CLOSE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// RFC 6455 close codes we send.
 pub mod code {
     /// Normal closure (QUIT).
@@ -211,6 +219,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for WsConn<S> {
 
     async fn close(&mut self, close: &Close) {
         send_ws_close(&mut self.ws, close).await;
+        // The closing handshake: read until the client's close or the end.
+        let drain = async { while let Some(Ok(_)) = self.ws.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
     }
 
     fn has_ping(&self) -> bool {
@@ -334,6 +345,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for LineConn<S> {
             let _ = self.flush().await;
         }
         let _ = self.reader.get_mut().shutdown().await;
+        // Read until the client closes too (see CLOSE_LINGER).
+        let drain = async { while let Some(Ok(_)) = self.reader.next().await {} };
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
     }
 
     fn has_ping(&self) -> bool {

@@ -124,11 +124,28 @@ impl Redis {
         if let Some(c) = self.inner.slot.load_full() {
             return Ok((*c).clone());
         }
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT * 2, self.open()).await {
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT * 2, self.open_loaded()).await {
             Ok(conn) => conn?,
             Err(_) => return Err(timed_out("connecting to redis timed out")),
         };
         self.inner.slot.store(Some(Arc::new(conn.clone())));
+        Ok(conn)
+    }
+
+    /// A new connection with every script loaded up front, so that the
+    /// first messages never meet `NOSCRIPT`: a batch that did would run
+    /// again after later batches and store out of order. (A Redis that
+    /// loses its script cache later, by a restart, can still cause that
+    /// once; the calls are idempotent by message id and clients `SYNC` on
+    /// the gap.)
+    async fn open_loaded(&self) -> RedisResult<Conn> {
+        let conn = self.open().await?;
+        let mut loading = conn.clone();
+        for script in crate::scripts::Call::all_scripts() {
+            if let Err(e) = script.load_async(&mut loading).await {
+                tracing::warn!(error = %e, "could not load a script yet");
+            }
+        }
         Ok(conn)
     }
 

@@ -55,14 +55,22 @@ fn strip_ansi(s: &str) -> String {
 }
 
 impl Proc {
-    /// Starts `bin` with `args`; its stdout and stderr are collected.
+    /// Starts `bin` with `args`; its stdout and stderr are collected. The
+    /// test's own `SB_*` variables are not passed on: the flags decide.
     pub fn spawn(name: &str, bin: &str, args: &[String]) -> Proc {
         Proc::spawn_env(name, bin, args, &[])
     }
 
-    /// Like [`Proc::spawn`], with extra environment variables.
+    /// Like [`Proc::spawn`], with extra environment variables (only those
+    /// given here: the test's own `SB_*` are not passed on either).
     pub fn spawn_env(name: &str, bin: &str, args: &[String], env: &[(&str, &str)]) -> Proc {
-        let mut child = Command::new(bin_path(bin))
+        let mut command = Command::new(bin_path(bin));
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("SB_") {
+                command.env_remove(key);
+            }
+        }
+        let mut child = command
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")

@@ -41,6 +41,12 @@ fn free_cluster_port() -> u16 {
 
 impl RedisServer {
     /// Starts one on a free port and waits until it answers `PING`.
+    ///
+    /// Redis cannot listen on port 0, so the port is picked by binding and
+    /// releasing it; another process may take it meanwhile. So readiness
+    /// means that the Redis answering on the port is our child (its
+    /// `process_id`), and a child that could not bind is started again on
+    /// another port.
     pub fn start() -> RedisServer {
         RedisServer::start_with(&[])
     }
@@ -48,8 +54,19 @@ impl RedisServer {
     /// Starts one with extra `redis-server` flags.
     pub fn start_with(extra: &[&str]) -> RedisServer {
         let mut server = RedisServer::new(extra);
-        server.spawn();
-        server
+        let cluster = extra.contains(&"--cluster-enabled");
+        for _ in 0..5 {
+            if server.spawn() {
+                return server;
+            }
+            server.kill();
+            server.port = if cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
     fn new(extra: &[&str]) -> RedisServer {
@@ -81,7 +98,9 @@ impl RedisServer {
         self.child.is_some()
     }
 
-    fn spawn(&mut self) {
+    /// Starts redis-server on this port and directory; false if it did not
+    /// come up as the server on that port.
+    fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .arg("--dir")
@@ -104,21 +123,31 @@ impl RedisServer {
             .spawn()
             .expect("redis-server on PATH (apt-get install redis-server)");
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
+            let Some(child) = self.child.as_mut() else {
+                return false;
+            };
+            if let Ok(Some(_)) = child.try_wait() {
+                return false; // it exited: most likely the port was taken
+            }
+            let pid = child.id();
             if let Ok(client) = redis::Client::open(self.url())
                 && let Ok(mut conn) = client.get_connection()
                 && redis::cmd("PING").query::<String>(&mut conn).is_ok()
+                && let Ok(info) = redis::cmd("INFO").arg("server").query::<String>(&mut conn)
             {
-                return;
+                return info
+                    .lines()
+                    .any(|l| l.trim() == format!("process_id:{pid}"));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("redis-server did not start on port {}", self.port);
+        false
     }
 
     /// Runs one command on a fresh connection.
@@ -172,7 +201,11 @@ impl RedisServer {
                 };
             }
         }
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "redis-server did not start again on port {}",
+            self.port
+        );
     }
 
     /// Every key under the Switchboard prefix matching `pattern` (e.g. `sb:user:*`).

@@ -97,6 +97,25 @@ impl Ctx {
     }
 }
 
+/// The seqs of the `MSG` lines read before a line starting with `end`.
+async fn seqs_until(c: &mut WsClient, end: &str) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    loop {
+        let l = c.recv().await;
+        if l.starts_with(end) {
+            return seqs;
+        }
+        if let Some(rest) = l.strip_prefix("MSG ") {
+            seqs.push(
+                rest.split(' ')
+                    .next()
+                    .and_then(|s| s.parse().ok())
+                    .expect("MSG seq"),
+            );
+        }
+    }
+}
+
 async fn telnet_login(addr: std::net::SocketAddr, user: &str) -> TcpClient {
     let mut t = TcpClient::connect(addr).await;
     t.send(&format!("LOGIN {user} {}", token(user))).await;
@@ -589,6 +608,7 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
             }
         }
         // The burst is 10 and LOGIN took one token.
+        assert_eq!(pongs + rate, 15, "every PING answered once");
         assert!(pongs >= 9 && rate >= 1, "{pongs} pongs, {rate} refusals");
         tokio::time::sleep(Duration::from_millis(600)).await;
         t.send("PING").await;
@@ -656,20 +676,22 @@ async fn hostile_input_is_refused_precisely_and_harms_nobody() {
         assert!(gone.is_some(), "the non-reading client was closed");
         let mut back = ws_login(ctx.a.ws, "sloth").await;
         back.expect_prefix("OK LOGIN").await;
+        // The login replay (sloth never acknowledged anything) comes before
+        // the answer to a PING; then SYNC 0 replays the inbox again. Each
+        // must hold all 60, once each, in order.
+        back.send("PING").await;
+        let replay = seqs_until(&mut back, "PONG").await;
+        assert_eq!(
+            replay,
+            (1..=60).collect::<Vec<_>>(),
+            "the login replay holds all 60 messages kept for the slow client"
+        );
         back.send("SYNC 0").await;
-        let mut n = 0;
-        loop {
-            let l = back.recv().await;
-            if l.starts_with("OK SYNC ") {
-                break;
-            }
-            if l.starts_with("MSG ") {
-                n += 1;
-            }
-        }
-        assert!(
-            n >= 60,
-            "all 60 messages kept for the slow client ({n} with the login replay)"
+        let synced = seqs_until(&mut back, "OK SYNC ").await;
+        assert_eq!(
+            synced,
+            (1..=60).collect::<Vec<_>>(),
+            "SYNC 0 holds all 60 messages kept for the slow client"
         );
         ctx.bystanders_fine("client that never reads").await;
         cases += 1;

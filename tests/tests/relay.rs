@@ -55,6 +55,20 @@ async fn start_relay(redis: &RedisServer, tweak: impl FnOnce(&mut Config)) -> Re
 }
 
 impl Relay {
+    /// The value of `series` once it reads `want` (counters move just
+    /// after the work they count: a purge is counted once its last step,
+    /// the registry entry, is done), or its last value after 10 s.
+    async fn metric_reaches(&self, series: &str, want: f64) -> f64 {
+        let reached = eventually(Duration::from_secs(10), || async {
+            (self.metric(series).await == want).then_some(want)
+        })
+        .await;
+        match reached {
+            Some(v) => v,
+            None => self.metric(series).await,
+        }
+    }
+
     async fn metric(&self, series: &str) -> f64 {
         let (status, text) = http_get(self.admin, "/metrics").await;
         assert_eq!(status, 200);
@@ -586,7 +600,7 @@ async fn a_server_that_drops_its_link_is_purged() {
         .collect();
     assert_eq!(ids, ["a", "c"]);
 
-    assert_eq!(relay.metric("relay_purges_total").await, 1.0);
+    assert_eq!(relay.metric_reaches("relay_purges_total", 1.0).await, 1.0);
     assert_eq!(relay.metric("relay_sessions_purged_total").await, 2.0);
     assert_eq!(relay.metric("relay_purge_seconds_count").await, 1.0);
     assert_eq!(relay.metrics.purges(), 1);
@@ -633,13 +647,36 @@ async fn a_silent_server_is_declared_dead_and_purged() {
         "closed after {silent_for:?}"
     );
 
+    // The purge goes user by user and removes the registry entry last.
     let purged = eventually(Duration::from_secs(3), || async {
-        sessions_of(&redis, "u1").is_empty().then_some(())
+        (sessions_of(&redis, "u1").is_empty() && !registered(&redis, "b")).then_some(())
     })
     .await;
     assert!(purged.is_some(), "silent b was not purged");
-    assert!(!registered(&redis, "b"));
-    assert_eq!(relay.metric("relay_purge_seconds_count").await, 1.0);
+    // Counted once the purge call returns, just after its last step.
+    let counted = eventually(Duration::from_secs(3), || async {
+        (relay.metric("relay_purge_seconds_count").await == 1.0).then_some(())
+    })
+    .await;
+    assert!(counted.is_some(), "the purge was not counted once");
+}
+
+/// A witness server `w` (epoch 9) with one session of user `w-user`, linked;
+/// dropping the returned link without `Bye` gets it purged after the grace.
+async fn witness(redis: &RedisServer, relay: &Relay) -> Fake {
+    register(redis, "w", 9, now_ms());
+    add_session(redis, "w-user", 90, "w", 9);
+    Fake::link(relay.link, "w", 9).await
+}
+
+/// Waits until the witness's session is purged: the relay's purge for a
+/// link that dropped at the same moment has run by then.
+async fn witness_purged(redis: &RedisServer) {
+    let purged = eventually(Duration::from_secs(10), || async {
+        sessions_of(redis, "w-user").is_empty().then_some(())
+    })
+    .await;
+    assert!(purged.is_some(), "the witness was never purged");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -650,15 +687,18 @@ async fn a_server_that_says_bye_is_not_purged() {
     let relay = start_relay(&redis, |c| c.purge_grace = Duration::from_millis(300)).await;
 
     let mut b = Fake::link(relay.link, "b", 7).await;
+    let w = witness(&redis, &relay).await;
     b.send(Frame::Bye).await;
     b.expect_closed().await;
     drop(b);
+    drop(w);
 
-    // Well past the grace: the relay purged nothing (b cleans up itself).
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // Past the grace (the witness, gone without Bye, was purged): the relay
+    // purged nothing of b (b cleans up itself).
+    witness_purged(&redis).await;
     assert_eq!(sessions_of(&redis, "u1"), [sid(1)]);
     assert!(registered(&redis, "b"));
-    assert_eq!(relay.metric("relay_purges_total").await, 0.0);
+    assert_eq!(relay.metric_reaches("relay_purges_total", 1.0).await, 1.0);
     let servers = relay.servers().await;
     assert_eq!(servers.len(), 1);
     assert_eq!(servers[0]["id"], "b");
@@ -672,13 +712,16 @@ async fn a_server_that_links_again_in_time_is_not_purged() {
     add_session(&redis, "u1", 1, "b", 7);
     let relay = start_relay(&redis, |c| c.purge_grace = Duration::from_millis(500)).await;
 
-    // A network blip: the link drops and comes back with the same epoch.
+    // A network blip: the link drops and comes back with the same epoch;
+    // the witness's link drops at the same time and stays away.
+    let w = witness(&redis, &relay).await;
     drop(Fake::link(relay.link, "b", 7).await);
+    drop(w);
     let mut b = Fake::link(relay.link, "b", 7).await;
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    witness_purged(&redis).await;
     b.sync().await;
     assert_eq!(sessions_of(&redis, "u1"), [sid(1)]);
-    assert_eq!(relay.metric("relay_purges_total").await, 0.0);
+    assert_eq!(relay.metric_reaches("relay_purges_total", 1.0).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,15 +729,19 @@ async fn a_newer_link_replaces_the_older_one() {
     let redis = RedisServer::start();
     let relay = start_relay(&redis, |c| c.purge_grace = Duration::from_millis(200)).await;
     let mut a = Fake::link(relay.link, "a", 1).await;
+    let w = witness(&redis, &relay).await;
     let mut old = Fake::link(relay.link, "b", 1).await;
     let mut new = Fake::link(relay.link, "b", 2).await;
+    drop(w);
 
     old.expect_closed().await;
     a.send(deliver("b", "for the new one")).await;
     assert_eq!(new.recv().await, Some(deliver("b", "for the new one")));
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Past the grace of a link that ended when the old one did: the
+    // replaced link is not a death, only the witness was purged.
+    witness_purged(&redis).await;
     assert_eq!(relay.metric("relay_links").await, 2.0);
-    assert_eq!(relay.metric("relay_purges_total").await, 0.0);
+    assert_eq!(relay.metric_reaches("relay_purges_total", 1.0).await, 1.0);
     let servers = relay.servers().await;
     assert_eq!(servers[1]["id"], "b");
     assert_eq!(servers[1]["epoch"], 2);
@@ -728,7 +775,7 @@ async fn the_startup_sweep_purges_servers_that_died_unwatched() {
     assert!(!registered(&redis, "old") && !exists(&redis, &keys::server("old")));
     assert!(!registered(&redis, "ghost") && !exists(&redis, &keys::server_sessions("ghost")));
     assert!(registered(&redis, "fresh"));
-    assert_eq!(relay.metric("relay_purges_total").await, 2.0);
+    assert_eq!(relay.metric_reaches("relay_purges_total", 2.0).await, 2.0);
     assert_eq!(relay.metric("relay_sessions_purged_total").await, 3.0);
     let ids: Vec<Value> = relay
         .servers()
@@ -746,12 +793,20 @@ async fn the_sweep_leaves_servers_linked_here_alone() {
     add_session(&redis, "u1", 1, "b", 7);
     let relay = start_relay(&redis, |c| c.sweep_interval = Duration::from_millis(100)).await;
     let mut b = Fake::link(relay.link, "b", 7).await;
-    // Its registry refreshes stall, but its link is alive.
+    // Its registry refreshes stall, but its link is alive. "x", as stale and
+    // linked nowhere, is the witness that sweeps ran (its session is written
+    // first, so a sweep between the two writes cannot miss it).
     register(&redis, "b", 7, now_ms() - 60_000);
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    add_session(&redis, "u2", 2, "x", 3);
+    register(&redis, "x", 3, now_ms() - 60_000);
+    let swept = eventually(Duration::from_secs(10), || async {
+        sessions_of(&redis, "u2").is_empty().then_some(())
+    })
+    .await;
+    assert!(swept.is_some(), "the sweep never purged stale x");
     b.sync().await;
     assert_eq!(sessions_of(&redis, "u1"), [sid(1)]);
-    assert_eq!(relay.metric("relay_purges_total").await, 0.0);
+    assert_eq!(relay.metric_reaches("relay_purges_total", 1.0).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -936,4 +991,35 @@ async fn a_server_that_stops_reading_slows_no_one_and_is_cut_off() {
             > 0.0
     );
     heartbeats.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_links_are_closed_and_counted() {
+    let redis = RedisServer::start();
+    let relay = start_relay(&redis, |c| c.max_links = 1).await;
+    let mut a = Fake::link(relay.link, "a", 1).await;
+    // The second connection gets no challenge: closed at once.
+    let stream = TcpStream::connect(relay.link).await.expect("connect");
+    let mut second: Link = Framed::new(stream, LinkCodec::default());
+    expect_closed(&mut second).await;
+    assert_eq!(
+        relay
+            .metric("relay_links_refused_total{reason=\"full\"}")
+            .await,
+        1.0
+    );
+    // The linked server is not affected; once it goes, its slot is free.
+    a.sync().await;
+    a.send(Frame::Bye).await;
+    a.expect_closed().await;
+    let back = eventually(Duration::from_secs(10), || async {
+        let stream = TcpStream::connect(relay.link).await.ok()?;
+        let mut framed: Link = Framed::new(stream, LinkCodec::default());
+        match next_frame(&mut framed).await {
+            Some(Frame::Challenge { .. }) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(back.is_some(), "the slot was never given back");
 }

@@ -119,6 +119,7 @@ async fn the_relay_link_runs_over_tls() {
         redis: redis_store::RedisArgs::single(&redis.url()),
         tls_cert: Some(cert.clone()),
         tls_key: Some(key),
+        handshake_timeout: std::time::Duration::from_secs(1),
         ..relay_server::Config::default()
     })
     .await;
@@ -146,7 +147,26 @@ async fn the_relay_link_runs_over_tls() {
     let metrics = bound.metrics();
     let stop = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(bound.run(stop.clone()));
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // The relay waits for a TLS ClientHello, the plain server for a
+    // Challenge: the relay refuses it at its handshake timeout, and the
+    // server tries again. Two refusals, and the server is still unlinked.
+    let refused = || async {
+        let (_, page) = relay.get("/metrics").await;
+        ["timeout", "protocol"]
+            .iter()
+            .filter_map(|r| {
+                switchboard_tests::metric(
+                    &page,
+                    &format!("relay_links_refused_total{{reason=\"{r}\"}}"),
+                )
+            })
+            .sum::<f64>()
+    };
+    let twice = switchboard_tests::eventually(std::time::Duration::from_secs(20), || async {
+        (refused().await >= 2.0).then_some(())
+    })
+    .await;
+    assert!(twice.is_some(), "the relay never refused the plain link");
     assert_eq!(
         metrics.links_up.get(),
         0,

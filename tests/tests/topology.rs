@@ -199,32 +199,32 @@ async fn who_tracks_presence_and_closed_sessions_leave_nothing_in_redis() {
 async fn at_the_cap_new_clients_are_refused_with_alternatives_and_others_keep_working() {
     let mut c = Cluster::start_with(1, |cfg| cfg.max_connections = 3).await;
     c.add_server_with("b", |_| {}).await;
-    // Let server a see b in the registry (refreshed every 2 s).
-    tokio::time::sleep(Duration::from_millis(2500)).await;
     let a = c.server("a");
+    let b_ws = c.server("b").ws.to_string();
     let mut u1 = WsClient::login(a.ws, "u1").await;
     let mut u2 = WsClient::login(a.ws, "u2").await;
     let mut u3 = TcpClient::login(a.tcp, "u3").await;
 
     // The 4th WebSocket handshake: HTTP 503 with servers that have room.
-    let err = WsClient::connect(a.ws, "/ws").await.err().expect("refused");
-    match err {
-        tokio_tungstenite::tungstenite::Error::Http(resp) => {
-            assert_eq!(resp.status().as_u16(), 503);
-            let body: serde_json::Value =
-                serde_json::from_slice(resp.body().as_deref().unwrap_or_default())
-                    .expect("json body");
-            assert_eq!(body["error"], "full");
-            let servers = body["servers"].as_array().expect("servers list");
-            assert!(
-                servers
-                    .iter()
-                    .any(|s| s["id"] == "b" && s["ws"] == c.server("b").ws.to_string()),
-                "{body}"
-            );
-        }
-        other => panic!("expected HTTP 503, got {other:?}"),
-    }
+    // Server a reads the registry every --registry-interval: wait until its
+    // answer names b (each try is refused, none gets in).
+    let body = switchboard_tests::eventually(Duration::from_secs(15), || async {
+        let err = WsClient::connect(a.ws, "/ws").await.err().expect("refused");
+        let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
+            panic!("expected HTTP 503, got {err:?}");
+        };
+        assert_eq!(resp.status().as_u16(), 503);
+        let body: serde_json::Value =
+            serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("json body");
+        assert_eq!(body["error"], "full");
+        let servers = body["servers"].as_array().expect("servers list");
+        servers
+            .iter()
+            .any(|s| s["id"] == "b" && s["ws"] == b_ws)
+            .then_some(body)
+    })
+    .await;
+    assert!(body.is_some(), "server a never named b as having room");
     // The 4th telnet client: ERR full naming another server.
     let mut t4 = TcpClient::connect(a.tcp).await;
     assert_eq!(
@@ -369,4 +369,204 @@ async fn a_client_pipelining_many_sends_gets_every_answer() {
         );
     }
     assert_eq!(c.server("a").metrics.slow_consumers.get(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_server_is_full_the_refusal_says_try_later() {
+    let c = Cluster::start_with(2, |cfg| cfg.max_connections = 1).await;
+    let (a, b) = (c.server("a"), c.server("b"));
+    let mut u1 = TcpClient::login(a.tcp, "u1").await;
+    let mut u2 = WsClient::login(b.ws, "u2").await;
+    // Server a learns that b is full from the registry (refreshed every
+    // --registry-interval); until then it may still name b.
+    let later = switchboard_tests::eventually(Duration::from_secs(15), || async {
+        let mut t = TcpClient::connect(a.tcp).await;
+        let line = t.recv().await;
+        assert!(line.starts_with("ERR full try "), "{line}");
+        t.expect_closed().await;
+        (line == "ERR full try later: no server has room").then_some(())
+    })
+    .await;
+    assert!(
+        later.is_some(),
+        "server a never said that no server has room"
+    );
+    // The WebSocket refusal names no server either.
+    let err = WsClient::connect(a.ws, "/ws").await.err().expect("refused");
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
+        panic!("expected HTTP 503, got {err:?}");
+    };
+    assert_eq!(resp.status().as_u16(), 503);
+    let body: serde_json::Value =
+        serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).expect("json body");
+    assert_eq!(body["servers"], serde_json::json!([]), "{body}");
+    // The two sessions are not affected.
+    u1.send("SEND u2 still here").await;
+    u1.expect_prefix("OK SENT ").await;
+    assert!(u2.expect_prefix("MSG ").await.ends_with("still here"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_may_hold_at_most_max_connections_per_ip() {
+    let c = Cluster::start_with(1, |cfg| cfg.limits.max_connections_per_ip = 2).await;
+    let a = c.server("a");
+    let first = WsClient::login(a.ws, "first").await;
+    let mut second = TcpClient::login(a.tcp, "second").await;
+    // The third from 127.0.0.1: refused on either port, with a reason.
+    let mut t = TcpClient::connect(a.tcp).await;
+    assert_eq!(
+        t.recv().await,
+        "ERR limit too many connections from your address"
+    );
+    t.expect_closed().await;
+    let err = WsClient::connect(a.ws, "/ws").await.err().expect("refused");
+    let tokio_tungstenite::tungstenite::Error::Http(resp) = err else {
+        panic!("expected HTTP 429, got {err:?}");
+    };
+    assert_eq!(resp.status().as_u16(), 429);
+    // It is a per-address cap, not the server cap.
+    assert_eq!(a.metrics.refused_full.get(), 0);
+    // Once one leaves, its place is given back.
+    drop(first);
+    let third = switchboard_tests::eventually(Duration::from_secs(10), || async {
+        let mut w = WsClient::connect(a.ws, "/ws").await.ok()?;
+        w.send("LOGIN third").await;
+        w.expect_prefix("OK LOGIN third ").await;
+        Some(w)
+    })
+    .await;
+    assert!(third.is_some(), "the address got its place back");
+    second.send("WHO third").await;
+    assert_eq!(second.recv().await, "ONLINE third 1");
+}
+
+/// The kernel's timer on the server's end of a connection from local port
+/// `client_port` to `server_port`: `(timer kind, seconds left)` from
+/// /proc/net/tcp (kind 2 is the keepalive timer).
+fn server_side_timer(server_port: u16, client_port: u16) -> Option<(u8, f64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port = |field: &str| u16::from_str_radix(field.rsplit(':').next()?, 16).ok();
+        if port(f.get(1)?)? != server_port || port(f.get(2)?)? != client_port {
+            return None;
+        }
+        let (kind, when) = f.get(5)?.split_once(':')?;
+        // Clock ticks, USER_HZ: 100 on Linux.
+        let ticks = u64::from_str_radix(when, 16).ok()?;
+        Some((u8::from_str_radix(kind, 16).ok()?, ticks as f64 / 100.0))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_sockets_get_tcp_keepalive_after_tcp_keepalive() {
+    let c = Cluster::start_with(1, |cfg| {
+        cfg.limits.tcp_keepalive = Duration::from_secs(7);
+    })
+    .await;
+    let a = c.server("a");
+    for (port, name) in [(a.tcp, "telnet"), (a.ws, "websocket")] {
+        let stream = tokio::net::TcpStream::connect(port).await.expect("connect");
+        let me = stream.local_addr().expect("local addr").port();
+        // Once the connection is idle the kernel runs the keepalive timer
+        // on the server's socket, set to --tcp-keepalive.
+        let timer = switchboard_tests::eventually(Duration::from_secs(10), || async {
+            server_side_timer(port.port(), me).filter(|(kind, _)| *kind == 2)
+        })
+        .await;
+        let (_, left) =
+            timer.unwrap_or_else(|| panic!("{name}: no keepalive timer on the server's socket"));
+        assert!(
+            left > 0.0 && left <= 7.0,
+            "{name}: keepalive fires in {left} s, --tcp-keepalive is 7 s"
+        );
+        drop(stream);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn help_lists_every_command_of_the_readme_and_the_session_lives_on() {
+    let c = Cluster::start(1).await;
+    let mut t = TcpClient::connect(c.server("a").tcp).await;
+    // HELP works before login too; its lines are followed by PING's PONG.
+    t.send("HELP").await;
+    t.send("PING").await;
+    let mut help = Vec::new();
+    loop {
+        let line = t.recv().await;
+        if line == "PONG" {
+            break;
+        }
+        help.push(line);
+    }
+    let verbs: Vec<&str> = help
+        .iter()
+        .flat_map(|l| l.split([' ', '|']))
+        .filter(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_uppercase()))
+        .collect();
+    for verb in [
+        "LOGIN", "SEND", "JOIN", "LEAVE", "PUB", "ALL", "HISTORY", "ACK", "SYNC", "WHO", "PING",
+        "HELP", "QUIT",
+    ] {
+        assert!(verbs.contains(&verb), "HELP lacks {verb}: {help:?}");
+    }
+    // JSON asks get the same lines in one object.
+    t.send(r#"{"op":"help","cid":"h"}"#).await;
+    let v: serde_json::Value = serde_json::from_str(&t.recv().await).expect("json");
+    assert_eq!(
+        (v["type"].as_str(), v["cid"].as_str()),
+        (Some("help"), Some("h"))
+    );
+    let lines: Vec<&str> = v["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .filter_map(|l| l.as_str())
+        .collect();
+    assert_eq!(lines, help);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_blocked_for_write_timeout_closes_the_session() {
+    // The queue bound is out of the way (10,000 pushes): only a write that
+    // stays blocked for --write-timeout (1 s; the default is 10 s) can
+    // close the sloth.
+    let c = Cluster::start_with(1, |cfg| {
+        cfg.limits.write_timeout = Duration::from_secs(1);
+        cfg.limits.session_queue = 10_000;
+        cfg.limits.rate_limit = 0;
+    })
+    .await;
+    let a = c.server("a");
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("rcvbuf");
+    let mut sloth = socket.connect(a.tcp).await.expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut sloth, b"LOGIN sloth\r\n")
+        .await
+        .expect("login");
+    let mut pusher = TcpClient::login(a.tcp, "pusher").await;
+    let body = "w".repeat(60 * 1024);
+    let start = std::time::Instant::now();
+    let mut pushed = 0;
+    let closed = loop {
+        // More than the socket buffers hold, a little at a time.
+        pusher.send(&format!("SEND sloth {body}")).await;
+        pusher.expect_prefix("OK SENT ").await;
+        pushed += 1;
+        pusher.send("WHO sloth").await;
+        if pusher.expect_prefix("O").await == "OFFLINE sloth" {
+            break Some(start.elapsed());
+        }
+        if start.elapsed() > Duration::from_secs(8) {
+            break None;
+        }
+    };
+    let closed = closed.expect("the sloth was not closed within 8 s; --write-timeout is 1 s");
+    println!("a client that never reads: closed after {pushed} pushes, {closed:?}");
+    assert_eq!(
+        a.metrics.slow_consumers.get(),
+        0,
+        "closed by the write timeout, not by the queue bound"
+    );
+    drop(sloth);
 }
