@@ -6,10 +6,16 @@
 // - transports: WebSocket only (no long-polling upgrade dance);
 // - a socket joins the room named after its user (handshake query `user`);
 // - a `dm` event `{to, text}` is re-emitted as `dm` `{from, to, text}` to the
-//   room of `to`, wherever that user is connected. Nothing is stored.
+//   room of `to`, wherever that user is connected.
+//
+// ADAPTER picks how the nodes talk: `redis` (default, `@socket.io/redis-adapter`
+// 8.3: PUBLISH per emit, nothing stored) or `streams`
+// (`@socket.io/redis-streams-adapter` 0.3: XADD of every packet to one stream
+// that every node XREADs; on a Redis with appendfsync always, the nearest
+// durable peer).
 //
 // Environment: REDIS_URL (redis://127.0.0.1:6379/), HOST (127.0.0.1),
-// PORT (0 = pick a free port), NAME (shown in the log line).
+// PORT (0 = pick a free port), NAME (shown in the log line), ADAPTER.
 // On start it prints `listening ws=HOST:PORT name=NAME pid=PID`, which
 // scripts/bench parses, as it does the Rust servers' log lines.
 
@@ -18,14 +24,19 @@
 const http = require("node:http");
 const { Server } = require("socket.io");
 const { createAdapter } = require("@socket.io/redis-adapter");
+const streams = require("@socket.io/redis-streams-adapter");
 const { createClient } = require("redis");
 
 const redisUrl = process.env.REDIS_URL || "redis://127.0.0.1:6379/";
 const host = process.env.HOST || "127.0.0.1";
 const port = Number(process.env.PORT || 0);
 const name = process.env.NAME || "sio";
+const adapterKind = process.env.ADAPTER || "redis";
 
 async function main() {
+  if (adapterKind !== "redis" && adapterKind !== "streams") {
+    throw new Error(`ADAPTER must be redis or streams, not ${adapterKind}`);
+  }
   const pub = createClient({ url: redisUrl });
   const sub = pub.duplicate();
   for (const c of [pub, sub]) {
@@ -46,7 +57,7 @@ async function main() {
   const io = new Server(httpServer, {
     transports: ["websocket"],
     serveClient: false,
-    adapter: createAdapter(pub, sub),
+    adapter: adapterKind === "streams" ? streams.createAdapter(pub) : createAdapter(pub, sub),
   });
 
   io.on("connection", (socket) => {

@@ -3,10 +3,13 @@
 //! renders the Markdown table and the comparison plots.
 //!
 //! File names in the results directory (written by `scripts/bench`):
-//! `{sio,sb}-idle.json`, `{sio,sb}-throughput.json`, `{sio,sb}-latency.json`,
-//! `sb-scale-2.json` and `sb-scale-4.json`, and `sb-idle-tcp.json` (idle
-//! telnet-port connections, shown in the idle table only). A missing file leaves its rows
-//! as "–".
+//! `{sio,sb}-idle.json` and `sb-idle-tcp.json` (idle telnet-port
+//! connections); `sio-throughput.json` (the redis-adapter pair),
+//! `sio-streams-throughput.json` (the redis-streams-adapter peer),
+//! `sb-tell-throughput.json` (transient DMs) and `sb-throughput.json`
+//! (durable DMs); `sio-latency.json`, `sb-tell-latency.json` and
+//! `sb-latency.json` at half the pair's highest rate; `sb-scale-2.json` and
+//! `sb-scale-4.json`. A missing file leaves its rows as "–" or out.
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -16,14 +19,20 @@ use crate::svg::{self, Series};
 use crate::traffic::TrafficResult;
 
 /// Idle memory per connection at most this (bytes).
-const IDLE_MAX_BYTES: f64 = 8.0 * 1024.0;
+const IDLE_MAX_BYTES: f64 = 4.0 * 1024.0;
 /// Ours at least this many times lighter per idle connection.
 const IDLE_RATIO: f64 = 3.0;
-/// Ours sustains at least this many times the peer's rate.
-const RATE_RATIO: f64 = 2.0;
-/// Ours delivers at least this many times more per CPU-second.
-const CPU_RATIO: f64 = 3.0;
-/// p99 at half the peer's highest rate, ms.
+/// Transient DMs: ours sustains at least this many times the pair's rate...
+const TELL_RATE_RATIO: f64 = 2.0;
+/// ... and delivers at least this many times more per CPU-second.
+const TELL_CPU_RATIO: f64 = 3.0;
+/// Durable DMs: at least the pair's rate (which stores nothing) ...
+const DURABLE_RATE_RATIO_PAIR: f64 = 1.0;
+/// ... at least this many times the streams-adapter peer's rate ...
+const DURABLE_RATE_RATIO_STREAMS: f64 = 2.0;
+/// ... and this many times its messages per CPU-second.
+const DURABLE_CPU_RATIO_STREAMS: f64 = 2.0;
+/// Transient p99 at half the pair's highest rate, ms.
 const LATENCY_P99_MS: f64 = 5.0;
 /// "Roughly flat": CPU per message with 4 servers at most this times that with 2.
 const SCALE_FLAT: f64 = 1.25;
@@ -42,9 +51,12 @@ struct Runs {
     sb_idle: Option<Report>,
     sb_idle_tcp: Option<Report>,
     sio_tp: Option<Report>,
+    sio_streams_tp: Option<Report>,
     sb_tp: Option<Report>,
+    sb_tell_tp: Option<Report>,
     sio_lat: Option<Report>,
     sb_lat: Option<Report>,
+    sb_tell_lat: Option<Report>,
     scale2: Option<Report>,
     scale4: Option<Report>,
 }
@@ -60,9 +72,12 @@ pub fn compare(dir: &Path) -> Comparison {
         sb_idle: load(dir, "sb-idle.json"),
         sb_idle_tcp: load(dir, "sb-idle-tcp.json"),
         sio_tp: load(dir, "sio-throughput.json"),
+        sio_streams_tp: load(dir, "sio-streams-throughput.json"),
         sb_tp: load(dir, "sb-throughput.json"),
+        sb_tell_tp: load(dir, "sb-tell-throughput.json"),
         sio_lat: load(dir, "sio-latency.json"),
         sb_lat: load(dir, "sb-latency.json"),
+        sb_tell_lat: load(dir, "sb-tell-latency.json"),
         scale2: load(dir, "sb-scale-2.json"),
         scale4: load(dir, "sb-scale-4.json"),
     };
@@ -151,157 +166,89 @@ fn step_at(r: Option<&Report>, rate: u64) -> Option<&TrafficResult> {
 }
 
 fn summary_table(md: &mut String, runs: &Runs) {
-    md.push_str("| measure | Socket.IO pair | Switchboard | ratio | target | |\n|---|---:|---:|---:|---|---|\n");
+    md.push_str(
+        "| measure | peer | Switchboard | ratio | target | |\n|---|---:|---:|---:|---|---|\n",
+    );
+    let pair = "Socket.IO redis-adapter pair";
+    let streams = "Socket.IO redis-streams-adapter (fsync always)";
 
     // Idle memory.
-    let peer = runs.sio_idle.as_ref().and_then(|r| r.idle.as_ref());
-    let ours = runs.sb_idle.as_ref().and_then(|r| r.idle.as_ref());
-    let conns = ours.or(peer).map(|i| i.opened).unwrap_or(0);
-    let ratio = match (peer, ours) {
-        (Some(p), Some(o)) if o.bytes_per_conn > 0.0 => Some(p.bytes_per_conn / o.bytes_per_conn),
-        _ => None,
-    };
-    let ok =
-        ours.map(|o| o.bytes_per_conn <= IDLE_MAX_BYTES && ratio.is_some_and(|r| r >= IDLE_RATIO));
-    let _ = writeln!(
+    idle_row(
         md,
-        "| server RSS per idle connection ({} on one process) | {} | {} | {} | ≤ 8 KiB and ≥ {IDLE_RATIO:.0}x lighter | {} |",
-        thousands(conns as f64),
-        dash(peer, |p| kib(p.bytes_per_conn)),
-        dash(ours, |o| kib(o.bytes_per_conn)),
-        match (peer, ours) {
-            (Some(p), Some(o)) =>
-                better_when_lower(p.bytes_per_conn, o.bytes_per_conn, "lighter", "heavier"),
-            _ => "–".to_owned(),
-        },
-        verdict(ok)
+        "WebSocket",
+        runs.sio_idle.as_ref(),
+        runs.sb_idle.as_ref(),
+        true,
+    );
+    idle_row(
+        md,
+        "telnet",
+        runs.sio_idle.as_ref(),
+        runs.sb_idle_tcp.as_ref(),
+        false,
     );
 
-    // Highest sustained rate.
-    let peer_max = runs.sio_tp.as_ref().and_then(|r| r.max_sustained_rate);
-    let ours_max = runs.sb_tp.as_ref().and_then(|r| r.max_sustained_rate);
-    let ratio = match (peer_max, ours_max) {
-        (Some(p), Some(o)) if p > 0 => Some(o as f64 / p as f64),
-        (Some(_), None) if runs.sb_tp.is_some() => Some(0.0),
-        _ => None,
-    };
-    let bound_ms = runs
-        .sb_tp
-        .iter()
-        .chain(runs.sio_tp.iter())
-        .flat_map(|r| r.steps.first())
-        .map(|s| s.p99_bound_ms)
-        .find(|&b| b > 0)
-        .unwrap_or(50);
-    let _ = writeln!(
+    // Transient direct messages (TELL) against the pair, which stores nothing either.
+    rate_row(
         md,
-        "| highest sustained cross-server rate, msg/s (p99 ≤ {bound_ms} ms, none lost; ours stores each durably) | {} | {} | {} | ≥ {RATE_RATIO:.0}x | {} |",
-        sustained(runs.sio_tp.as_ref()),
-        sustained(runs.sb_tp.as_ref()),
-        dash(ratio, |r| format!("{r:.2}x")),
-        verdict(ratio.map(|r| r >= RATE_RATIO))
+        &format!("transient DMs (`TELL`): highest sustained rate, msg/s; peer: {pair}"),
+        runs.sio_tp.as_ref(),
+        runs.sb_tell_tp.as_ref(),
+        TELL_RATE_RATIO,
+    );
+    cpu_row(
+        md,
+        &format!("transient DMs: messages per CPU-second of the system; peer: {pair}"),
+        runs.sio_tp.as_ref(),
+        runs.sb_tell_tp.as_ref(),
+        Some(TELL_CPU_RATIO),
+    );
+    latency_rows(
+        md,
+        "transient DMs",
+        runs.sio_lat.as_ref(),
+        runs.sb_tell_lat.as_ref(),
+        true,
     );
 
-    // Messages per CPU-second at the same offered rate: the highest rate
-    // both ladders ran (the peer's highest sustained one when ours got there).
-    let common = runs
-        .sio_tp
-        .as_ref()
-        .zip(runs.sb_tp.as_ref())
-        .and_then(|(p, o)| {
-            let ran = |r: &Report, rate: u64| r.steps.iter().any(|s| s.rate == rate);
-            let limit = peer_max.unwrap_or(u64::MAX);
-            p.steps
-                .iter()
-                .map(|s| s.rate)
-                .filter(|&rate| rate <= limit && ran(o, rate))
-                .max()
-        });
-    if let Some(rate) = common {
-        let p = step_at(runs.sio_tp.as_ref(), rate);
-        let o = step_at(runs.sb_tp.as_ref(), rate);
-        let ratio = match (p, o) {
-            (Some(p), Some(o)) if p.msgs_per_cpu_s > 0.0 => {
-                Some(o.msgs_per_cpu_s / p.msgs_per_cpu_s)
-            }
-            _ => None,
-        };
-        let _ = writeln!(
-            md,
-            "| messages per CPU-second of the system (servers + relay + Redis; Node ×2 + Redis) at {} msg/s | {} | {} | {} | ≥ {CPU_RATIO:.0}x | {} |",
-            thousands(rate as f64),
-            dash(p, |s| thousands(s.msgs_per_cpu_s)),
-            dash(o, |s| thousands(s.msgs_per_cpu_s)),
-            dash(ratio, |r| format!("{r:.2}x")),
-            verdict(ratio.map(|r| r >= CPU_RATIO))
-        );
-    }
-    // ... and each at its own highest sustained rate.
-    let p = peer_max.and_then(|r| step_at(runs.sio_tp.as_ref(), r));
-    let o = ours_max.and_then(|r| step_at(runs.sb_tp.as_ref(), r));
-    if p.is_some() || o.is_some() {
-        let ratio = match (p, o) {
-            (Some(p), Some(o)) if p.msgs_per_cpu_s > 0.0 => {
-                Some(o.msgs_per_cpu_s / p.msgs_per_cpu_s)
-            }
-            _ => None,
-        };
-        let _ = writeln!(
-            md,
-            "| messages per CPU-second, each at its own highest sustained rate | {} | {} | {} | (information) | |",
-            dash(p, |s| format!(
-                "{} (at {})",
-                thousands(s.msgs_per_cpu_s),
-                thousands(s.rate as f64)
-            )),
-            dash(o, |s| format!(
-                "{} (at {})",
-                thousands(s.msgs_per_cpu_s),
-                thousands(s.rate as f64)
-            )),
-            dash(ratio, |r| format!("{r:.2}x"))
-        );
-    }
-
-    // Latency at one rate.
-    let p = runs.sio_lat.as_ref().and_then(|r| r.steps.first());
-    let o = runs.sb_lat.as_ref().and_then(|r| r.steps.first());
-    let rate = o.or(p).map(|s| s.rate);
-    let row = |md: &mut String,
-               name: &str,
-               f: fn(&TrafficResult) -> u64,
-               target: Option<(bool, &str)>| {
-        let _ = writeln!(
-            md,
-            "| {name} latency at {} msg/s (from intended send time) | {} | {} | {} | {} | {} |",
-            dash(rate, |r| thousands(r as f64)),
-            dash(p, |s| ms(f(s))),
-            dash(o, |s| ms(f(s))),
-            match (p, o) {
-                (Some(p), Some(o)) =>
-                    better_when_lower(f(p) as f64, f(o) as f64, "lower", "higher"),
-                _ => "–".to_owned(),
-            },
-            target.map_or("(information)", |t| t.1),
-            target.map_or("", |t| verdict(Some(t.0)))
-        );
-    };
-    row(md, "p50", |s| s.latency.p50_us, None);
-    let p99_ok = match (p, o) {
-        (Some(p), Some(o)) => Some(
-            (o.latency.p99_us as f64) < LATENCY_P99_MS * 1000.0
-                && o.latency.p99_us * 2 <= p.latency.p99_us
-                && o.lost == 0,
+    // Durable direct messages (every one stored, fsync always).
+    rate_row(
+        md,
+        &format!(
+            "durable DMs (`SEND`, fsync always): highest sustained rate, msg/s; peer: {pair} (stores nothing)"
         ),
-        _ => None,
-    };
-    row(
-        md,
-        "p99",
-        |s| s.latency.p99_us,
-        p99_ok.map(|ok| (ok, "< 5 ms and ≤ half the peer's")),
+        runs.sio_tp.as_ref(),
+        runs.sb_tp.as_ref(),
+        DURABLE_RATE_RATIO_PAIR,
     );
-    row(md, "p99.9", |s| s.latency.p999_us, None);
+    rate_row(
+        md,
+        &format!("durable DMs: highest sustained rate, msg/s; peer: {streams}"),
+        runs.sio_streams_tp.as_ref(),
+        runs.sb_tp.as_ref(),
+        DURABLE_RATE_RATIO_STREAMS,
+    );
+    cpu_row(
+        md,
+        &format!("durable DMs: messages per CPU-second of the system; peer: {streams}"),
+        runs.sio_streams_tp.as_ref(),
+        runs.sb_tp.as_ref(),
+        Some(DURABLE_CPU_RATIO_STREAMS),
+    );
+    cpu_row(
+        md,
+        &format!("durable DMs: messages per CPU-second of the system; peer: {pair}"),
+        runs.sio_tp.as_ref(),
+        runs.sb_tp.as_ref(),
+        None,
+    );
+    latency_rows(
+        md,
+        "durable DMs",
+        runs.sio_lat.as_ref(),
+        runs.sb_lat.as_ref(),
+        false,
+    );
 
     // Scaling from 2 to 4 servers.
     let s2 = runs.scale2.as_ref().and_then(|r| r.steps.first());
@@ -315,7 +262,7 @@ fn summary_table(md: &mut String, runs: &Runs) {
         };
         let _ = writeln!(
             md,
-            "| Switchboard CPU per message, 2 → 4 servers at {} msg/s | – | {} → {} | {} | roughly flat (≤ {SCALE_FLAT}x) | {} |",
+            "| Switchboard CPU per durable DM, 2 → 4 servers at {} msg/s | – | {} → {} | {} | roughly flat (≤ {SCALE_FLAT}x) | {} |",
             dash(s2.or(s4).map(|s| s.rate), |r| thousands(r as f64)),
             dash(s2, |s| format!("{:.1} µs", s.cpu_us_per_msg)),
             dash(s4, |s| format!("{:.1} µs", s.cpu_us_per_msg)),
@@ -323,6 +270,188 @@ fn summary_table(md: &mut String, runs: &Runs) {
             verdict(ratio.map(|r| r <= SCALE_FLAT))
         );
     }
+}
+
+/// Server RSS per idle connection against the peer's; `ratio_target` says
+/// whether the "times lighter" part of the target applies to this row.
+fn idle_row(
+    md: &mut String,
+    what: &str,
+    peer: Option<&Report>,
+    ours: Option<&Report>,
+    ratio_target: bool,
+) {
+    let peer = peer.and_then(|r| r.idle.as_ref());
+    let ours = ours.and_then(|r| r.idle.as_ref());
+    let conns = ours.or(peer).map(|i| i.opened).unwrap_or(0);
+    let ratio = match (peer, ours) {
+        (Some(p), Some(o)) if o.bytes_per_conn > 0.0 => Some(p.bytes_per_conn / o.bytes_per_conn),
+        _ => None,
+    };
+    let ok = ours.map(|o| {
+        o.bytes_per_conn <= IDLE_MAX_BYTES
+            && (!ratio_target || ratio.is_some_and(|r| r >= IDLE_RATIO))
+    });
+    let target = if ratio_target {
+        format!(
+            "≤ {:.0} KiB and ≥ {IDLE_RATIO:.0}x lighter",
+            IDLE_MAX_BYTES / 1024.0
+        )
+    } else {
+        format!("≤ {:.0} KiB", IDLE_MAX_BYTES / 1024.0)
+    };
+    let _ = writeln!(
+        md,
+        "| server RSS per idle {what} connection ({} on one process); peer: Socket.IO (WebSocket) | {} | {} | {} | {target} | {} |",
+        thousands(conns as f64),
+        dash(peer, |p| kib(p.bytes_per_conn)),
+        dash(ours, |o| kib(o.bytes_per_conn)),
+        match (peer, ours) {
+            (Some(p), Some(o)) =>
+                better_when_lower(p.bytes_per_conn, o.bytes_per_conn, "lighter", "heavier"),
+            _ => "–".to_owned(),
+        },
+        verdict(ok)
+    );
+}
+
+/// Highest sustained rate of two ladders; ours at least `min` times the peer's.
+fn rate_row(
+    md: &mut String,
+    measure: &str,
+    peer: Option<&Report>,
+    ours: Option<&Report>,
+    min: f64,
+) {
+    let peer_max = peer.and_then(|r| r.max_sustained_rate);
+    let ours_max = ours.and_then(|r| r.max_sustained_rate);
+    let ratio = match (peer_max, ours_max) {
+        (Some(p), Some(o)) if p > 0 => Some(o as f64 / p as f64),
+        (Some(_), None) if ours.is_some() => Some(0.0),
+        _ => None,
+    };
+    let bound_ms = ours
+        .into_iter()
+        .chain(peer)
+        .flat_map(|r| r.steps.first())
+        .map(|s| s.p99_bound_ms)
+        .find(|&b| b > 0)
+        .unwrap_or(50);
+    let _ = writeln!(
+        md,
+        "| {measure} (p99 ≤ {bound_ms} ms, none lost) | {} | {} | {} | ≥ {min}x | {} |",
+        sustained(peer),
+        sustained(ours),
+        dash(ratio, |r| format!("{r:.2}x")),
+        verdict(ratio.map(|r| r >= min))
+    );
+}
+
+/// Messages per CPU-second at the same offered rate: the highest rate both
+/// ladders ran, at most the peer's highest sustained one; then each at its
+/// own highest sustained rate.
+fn cpu_row(
+    md: &mut String,
+    measure: &str,
+    peer: Option<&Report>,
+    ours: Option<&Report>,
+    min: Option<f64>,
+) {
+    let peer_max = peer.and_then(|r| r.max_sustained_rate);
+    let ours_max = ours.and_then(|r| r.max_sustained_rate);
+    let common = peer.zip(ours).and_then(|(p, o)| {
+        let ran = |r: &Report, rate: u64| r.steps.iter().any(|s| s.rate == rate);
+        let limit = peer_max.unwrap_or(u64::MAX);
+        p.steps
+            .iter()
+            .map(|s| s.rate)
+            .filter(|&rate| rate <= limit && ran(o, rate))
+            .max()
+    });
+    let ratio_of = |p: Option<&TrafficResult>, o: Option<&TrafficResult>| match (p, o) {
+        (Some(p), Some(o)) if p.msgs_per_cpu_s > 0.0 => Some(o.msgs_per_cpu_s / p.msgs_per_cpu_s),
+        _ => None,
+    };
+    if let Some(rate) = common {
+        let p = step_at(peer, rate);
+        let o = step_at(ours, rate);
+        let ratio = ratio_of(p, o);
+        let _ = writeln!(
+            md,
+            "| {measure} at {} msg/s | {} | {} | {} | {} | {} |",
+            thousands(rate as f64),
+            dash(p, |s| thousands(s.msgs_per_cpu_s)),
+            dash(o, |s| thousands(s.msgs_per_cpu_s)),
+            dash(ratio, |r| format!("{r:.2}x")),
+            min.map_or("(information)".to_owned(), |m| format!("≥ {m}x")),
+            min.map_or("", |m| verdict(ratio.map(|r| r >= m)))
+        );
+    }
+    let p = peer_max.and_then(|r| step_at(peer, r));
+    let o = ours_max.and_then(|r| step_at(ours, r));
+    if p.is_some() || o.is_some() {
+        let at = |s: &TrafficResult| {
+            format!(
+                "{} (at {})",
+                thousands(s.msgs_per_cpu_s),
+                thousands(s.rate as f64)
+            )
+        };
+        let _ = writeln!(
+            md,
+            "| {measure}, each at its own highest sustained rate | {} | {} | {} | (information) | |",
+            dash(p, at),
+            dash(o, at),
+            dash(ratio_of(p, o), |r| format!("{r:.2}x"))
+        );
+    }
+}
+
+/// p50, p99 and p99.9 of two latency runs; with `p99_target`, ours must be
+/// under [`LATENCY_P99_MS`] with nothing lost.
+fn latency_rows(
+    md: &mut String,
+    what: &str,
+    peer: Option<&Report>,
+    ours: Option<&Report>,
+    p99_target: bool,
+) {
+    let p = peer.and_then(|r| r.steps.first());
+    let o = ours.and_then(|r| r.steps.first());
+    if p.is_none() && o.is_none() {
+        return;
+    }
+    let rate = o.or(p).map(|s| s.rate);
+    let row = |md: &mut String,
+               name: &str,
+               f: fn(&TrafficResult) -> u64,
+               target: Option<(bool, &str)>| {
+        let _ = writeln!(
+            md,
+            "| {what}: {name} latency at {} msg/s (from intended send time); peer: Socket.IO redis-adapter pair | {} | {} | {} | {} | {} |",
+            dash(rate, |r| thousands(r as f64)),
+            dash(p, |s| ms(f(s))),
+            dash(o, |s| ms(f(s))),
+            match (p, o) {
+                (Some(p), Some(o)) =>
+                    better_when_lower(f(p) as f64, f(o) as f64, "lower", "higher"),
+                _ => "–".to_owned(),
+            },
+            target.map_or("(information)", |t| t.1),
+            target.map_or("", |t| verdict(Some(t.0)))
+        );
+    };
+    row(md, "p50", |s| s.latency.p50_us, None);
+    let p99_ok = o
+        .filter(|_| p99_target)
+        .map(|o| (o.latency.p99_us as f64) < LATENCY_P99_MS * 1000.0 && o.lost == 0);
+    row(
+        md,
+        "p99",
+        |s| s.latency.p99_us,
+        p99_ok.map(|ok| (ok, "< 5 ms at half the pair's highest rate")),
+    );
+    row(md, "p99.9", |s| s.latency.p999_us, None);
 }
 
 fn details(md: &mut String, runs: &Runs) {
@@ -333,8 +462,11 @@ fn details(md: &mut String, runs: &Runs) {
     );
     for r in [
         &runs.sio_tp,
+        &runs.sio_streams_tp,
+        &runs.sb_tell_tp,
         &runs.sb_tp,
         &runs.sio_lat,
+        &runs.sb_tell_lat,
         &runs.sb_lat,
         &runs.scale2,
         &runs.scale4,
@@ -400,7 +532,7 @@ fn details(md: &mut String, runs: &Runs) {
 
 fn plots(runs: &Runs) -> Vec<(String, String)> {
     let mut out = Vec::new();
-    let lat: Vec<Series> = [&runs.sio_lat, &runs.sb_lat]
+    let lat: Vec<Series> = [&runs.sio_lat, &runs.sb_tell_lat, &runs.sb_lat]
         .into_iter()
         .flatten()
         .filter_map(|r| {
@@ -422,7 +554,15 @@ fn plots(runs: &Runs) -> Vec<(String, String)> {
             svg::latency_distribution("Latency distribution, cross-server direct messages", &lat),
         ));
     }
-    let ladders: Vec<&Report> = [&runs.sio_tp, &runs.sb_tp].into_iter().flatten().collect();
+    let ladders: Vec<&Report> = [
+        &runs.sio_tp,
+        &runs.sio_streams_tp,
+        &runs.sb_tell_tp,
+        &runs.sb_tp,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     if !ladders.is_empty() {
         let (d, p) = throughput_series(&ladders);
         out.push((

@@ -5,7 +5,7 @@
 //! otherwise): a longer length prefix is an error before any body is read,
 //! so a peer cannot make us buffer more than that.
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 use crate::link::Frame;
@@ -30,7 +30,12 @@ pub enum LinkCodecError {
 #[derive(Debug)]
 pub struct LinkCodec {
     inner: LengthDelimitedCodec,
+    /// The largest body written (the decoder has its own copy).
+    max_frame: usize,
 }
+
+/// Bytes of the length prefix.
+const PREFIX: usize = 4;
 
 impl LinkCodec {
     /// A codec refusing frames over `max_frame` bytes.
@@ -38,7 +43,7 @@ impl LinkCodec {
         let inner = LengthDelimitedCodec::builder()
             .max_frame_length(max_frame)
             .new_codec();
-        LinkCodec { inner }
+        LinkCodec { inner, max_frame }
     }
 }
 
@@ -63,9 +68,28 @@ impl Decoder for LinkCodec {
 impl Encoder<&Frame> for LinkCodec {
     type Error = LinkCodecError;
 
+    /// Serializes straight into `dst` behind a length prefix patched in
+    /// afterwards: no body buffer of its own, no copy.
     fn encode(&mut self, frame: &Frame, dst: &mut BytesMut) -> Result<(), LinkCodecError> {
-        let body = postcard::to_stdvec(frame)?;
-        self.inner.encode(Bytes::from(body), dst)?;
+        let start = dst.len();
+        dst.put_u32(0);
+        if let Err(e) = postcard::to_io(frame, (&mut *dst).writer()) {
+            dst.truncate(start);
+            return Err(e.into());
+        }
+        let len = dst.len() - start - PREFIX;
+        let Some(prefix) = u32::try_from(len).ok().filter(|_| len <= self.max_frame) else {
+            dst.truncate(start);
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "link frame of {len} bytes is over the limit of {}",
+                    self.max_frame
+                ),
+            )
+            .into());
+        };
+        dst[start..start + PREFIX].copy_from_slice(&prefix.to_be_bytes());
         Ok(())
     }
 }
@@ -83,6 +107,7 @@ mod tests {
     use super::*;
     use crate::ids::SessionId;
     use crate::link::{DirectMsg, LINK_VERSION, NONCE_LEN, RoomMsg, ServerAddrs};
+    use bytes::Bytes;
     use proptest::prelude::*;
 
     fn name() -> impl Strategy<Value = String> {
@@ -241,5 +266,51 @@ mod tests {
             LinkCodec::default().decode(&mut buf).expect("ok"),
             Some(frame)
         );
+    }
+
+    #[test]
+    fn the_wire_format_is_a_big_endian_length_then_the_postcard_body() {
+        let frame = Frame::Deliver {
+            to_server: "b".into(),
+            user: "bob".into(),
+            seq: 7,
+            except: None,
+            msg: DirectMsg {
+                id: "m1".into(),
+                from: "alice".into(),
+                to: "bob".into(),
+                ts: 1,
+                text: "hello".into(),
+            },
+        };
+        let body = postcard::to_stdvec(&frame).expect("serializable");
+        let mut buf = BytesMut::from(&b"earlier"[..]);
+        LinkCodec::default()
+            .encode(&frame, &mut buf)
+            .expect("encodable");
+        let mut want = b"earlier".to_vec();
+        want.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        want.extend_from_slice(&body);
+        assert_eq!(&buf[..], &want[..]);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_and_nothing_of_it_is_written() {
+        let frame = Frame::Room {
+            msg: RoomMsg {
+                id: "m".into(),
+                room: "r".into(),
+                from: "a".into(),
+                ts: 1,
+                text: "x".repeat(200),
+            },
+        };
+        let mut codec = LinkCodec::new(100);
+        let mut buf = BytesMut::from(&b"kept"[..]);
+        assert!(matches!(
+            codec.encode(&frame, &mut buf),
+            Err(LinkCodecError::Io(_))
+        ));
+        assert_eq!(&buf[..], b"kept");
     }
 }

@@ -33,15 +33,26 @@ use crate::conn::{self, Close, WsConn};
 use crate::session::{self, HandshakeLogin};
 use crate::state::{Admission, Refusal, State};
 
+/// Frames fed to a connection are written to its socket once this many
+/// bytes are buffered, or at the flush that ends each batch: one `write`
+/// per batch of pushes and answers instead of one per frame.
+pub const WS_WRITE_COALESCE: usize = 16 * 1024;
+
 /// The WebSocket settings every connection gets: small buffers (the
 /// defaults cost ~128 KiB per idle connection; a 512-byte read buffer holds
-/// a chat message, and a larger frame gets its whole length reserved), the
-/// configured size limits.
+/// a chat message, and a larger frame gets its whole length reserved),
+/// writes coalesced up to [`WS_WRITE_COALESCE`] (the buffer starts empty and
+/// only grows on a connection that is sent to), the configured size limits.
 pub fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(512)
-        .write_buffer_size(0)
-        .max_write_buffer_size(max_message.saturating_mul(4).max(64 * 1024))
+        .write_buffer_size(WS_WRITE_COALESCE)
+        .max_write_buffer_size(
+            max_message
+                .saturating_mul(4)
+                .max(64 * 1024)
+                .max(WS_WRITE_COALESCE + max_message + 1),
+        )
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
 }
