@@ -65,6 +65,27 @@ class RecordingWebSocket extends WebSocket {
   }
 }
 
+/**
+ * A WebSocket that loses the first incoming frame carrying the text
+ * `LossyWebSocket.drop`, as a frame lost in transit would be.
+ */
+class LossyWebSocket extends RecordingWebSocket {
+  static drop = null;
+  set onmessage(fn) {
+    super.onmessage = fn && ((ev) => {
+      const drop = LossyWebSocket.drop;
+      if (drop !== null && typeof ev.data === 'string' && ev.data.includes(`"text":${JSON.stringify(drop)}`)) {
+        LossyWebSocket.drop = null;
+        return;
+      }
+      fn(ev);
+    });
+  }
+  get onmessage() {
+    return super.onmessage;
+  }
+}
+
 function client(opts) {
   const c = new Client({ backoffMs: 100, maxBackoffMs: 1000, ...opts });
   c.received = [];
@@ -176,26 +197,41 @@ test('a send while the sender\'s server is down is sent again after the reconnec
   assert.deepEqual(bob.received.map((m) => [m.seq, m.text]), [[1, 'queued while down'], [2, 'next']]);
 });
 
-test('a message lost in transit (relay down) shows as a gap and is fetched with SYNC, in order', async () => {
+test('a message stored while the relay is down is pushed once it is back, without the client asking', async () => {
   const [a, b] = [unique('alice'), unique('bob')];
-  RecordingWebSocket.sent = [];
   const alice = client({ url: cluster.wsUrl('a'), user: a });
   const bob = client({ url: cluster.wsUrl('b'), user: b, WebSocket: RecordingWebSocket });
   await alice.connect();
   await bob.connect();
   await alice.send(b, 'one');
   await waitFor('bob to get one', () => bob.received.length === 1);
+  RecordingWebSocket.sent = [];
   await cluster.relay.kill('SIGKILL');
-  // Stored in bob's inbox; its push has no way to server b.
+  // Stored in bob's inbox; its push has no way to server b yet.
   await alice.send(b, 'two');
   await cluster.startRelay();
-  await waitFor('both servers to link again', async () => {
-    const servers = await (await fetch(`${cluster.adminUrl()}/servers`)).json();
-    return servers.filter((s) => s.link === 'up').length === 2;
-  });
-  assert.equal(bob.received.length, 1, 'two was not pushed while the relay was down');
+  await waitFor('bob to get two', () => bob.received.length === 2, 10000);
+  await alice.send(b, 'three');
+  await waitFor('bob to get three', () => bob.received.length === 3);
+  assert.deepEqual(bob.received.map((m) => [m.seq, m.text]), [[1, 'one'], [2, 'two'], [3, 'three']]);
+  const syncs = RecordingWebSocket.sent.filter((op) => op.op === 'sync');
+  assert.deepEqual(syncs, [], 'the server pushed it: bob did not have to ask');
+});
+
+test('a push lost in transit shows as a gap and is fetched with SYNC, in order', async () => {
+  const [a, b] = [unique('alice'), unique('bob')];
+  RecordingWebSocket.sent = [];
+  const alice = client({ url: cluster.wsUrl('a'), user: a });
+  const bob = client({ url: cluster.wsUrl('b'), user: b, WebSocket: LossyWebSocket });
+  await alice.connect();
+  await bob.connect();
+  await alice.send(b, 'one');
+  await waitFor('bob to get one', () => bob.received.length === 1);
+  LossyWebSocket.drop = 'two';
+  await alice.send(b, 'two');
   await alice.send(b, 'three');
   await waitFor('bob to get two and three', () => bob.received.length === 3);
+  assert.equal(LossyWebSocket.drop, null, 'the push of two was lost on the way');
   assert.deepEqual(bob.received.map((m) => [m.seq, m.text]), [[1, 'one'], [2, 'two'], [3, 'three']]);
   const syncs = RecordingWebSocket.sent.filter((op) => op.op === 'sync');
   assert.ok(syncs.some((op) => op.after === 1), `a SYNC after seq 1 was sent: ${JSON.stringify(syncs)}`);
