@@ -481,6 +481,9 @@ export class Client {
         if (!loggedIn) {
           clearTimeout(openTimer);
           reject(new ConnectionError('disconnected', `cannot connect to ${url}`));
+          // Closing a socket that failed to connect may fire `error` again,
+          // at once: this handler must not run a second time.
+          ws.onerror = null;
           try {
             ws.close();
           } catch {
