@@ -10,7 +10,9 @@
 //! lost or made again, the session map written again, Redis back after a
 //! failure), [`Hub::catch_up_all`] wakes every session, which then reads its
 //! inbox from the last seq it wrote to the head and writes what it missed
-//! (see `session::catch_up`). The wake-up is a [`Notify`] permit, not a
+//! (see `session::catch_up`); [`Hub::catch_up_users`] wakes only the
+//! sessions of the users a full link queue dropped pushes for (a `CatchUp`
+//! frame from the relay). The wake-up is a [`Notify`] permit, not a
 //! queue item: it never fills a queue and several collapse into one.
 
 use std::collections::HashMap;
@@ -176,6 +178,24 @@ impl Hub {
         let inner = self.lock();
         let mut n = 0;
         for h in inner.users.values().flatten() {
+            h.catch_up.notify_one();
+            n += 1;
+        }
+        self.metrics.catch_ups.inc();
+        n
+    }
+
+    /// Wakes the sessions of `users` to catch up with their inboxes (a
+    /// [`shared::link::Frame::CatchUp`]: their pushes were dropped on the
+    /// way); every session when `users` is empty. Returns how many were
+    /// woken.
+    pub fn catch_up_users(&self, users: &[String]) -> usize {
+        if users.is_empty() {
+            return self.catch_up_all();
+        }
+        let inner = self.lock();
+        let mut n = 0;
+        for h in users.iter().filter_map(|u| inner.users.get(u)).flatten() {
             h.catch_up.notify_one();
             n += 1;
         }

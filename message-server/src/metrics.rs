@@ -40,10 +40,14 @@ pub struct Metrics {
     pub redis_up: Gauge,
     /// Times this server wrote its sessions again because Redis had lost them.
     pub reasserts: Counter,
-    /// Times every session was woken to catch up after a fault.
+    /// Times sessions (every one, or those a `CatchUp` named) were woken to
+    /// catch up after a fault.
     pub catch_ups: Counter,
     /// Inbox messages a catch-up wrote that no push had brought.
     pub caught_up: Counter,
+    /// `CatchUp` frames sent to a relay for pushes a full (or absent) link
+    /// dropped.
+    pub catch_ups_sent: Counter,
 }
 
 impl Metrics {
@@ -118,13 +122,18 @@ impl Metrics {
         );
         r.register(
             "catch_ups",
-            "Times every session was woken to catch up after a fault",
+            "Times sessions were woken to catch up after a fault",
             self.catch_ups.clone(),
         );
         r.register(
             "caught_up",
             "Inbox messages written by a catch-up that no push had brought",
             self.caught_up.clone(),
+        );
+        r.register(
+            "catch_ups_sent",
+            "CatchUp frames sent to a relay for pushes a full or absent link dropped",
+            self.catch_ups_sent.clone(),
         );
         r
     }

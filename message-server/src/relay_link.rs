@@ -13,9 +13,14 @@
 //! [`Links`] is what the rest of the server sends through: it picks the
 //! first live link (sticky, so frames keep their order) and never waits. A
 //! frame that finds that link's queue full is dropped and counted
-//! (`dropped_link_full`): direct messages are stored before they are routed,
-//! so their recipients get them by replay (login, or `SYNC` on the next seq
-//! gap); room messages are at most once anyway.
+//! (`dropped_link_full`); room messages are at most once anyway. Direct
+//! messages are stored before they are routed, so a dropped `Deliver` loses
+//! only a push: the slot writes down whose ([`shared::link::missed`]), and
+//! once its queue is at most half full again the link's writer sends the
+//! relay a [`Frame::CatchUp`] per destination server, which wakes those
+//! users' sessions there to read their inboxes (`catch_ups_sent`). A
+//! `Deliver` that finds no link up at all is written down in every slot, and
+//! the first link up sends its catch-ups.
 //!
 //! A direct message goes out on every live link ([`Links::send_all`]), not
 //! only the first: with several relays, the one this server writes to first
@@ -25,18 +30,21 @@
 //!
 //! Every link that comes up wakes every local session to catch up with its
 //! inbox ([`Hub::catch_up_all`]): while no link (or another link) was up,
-//! pushes to them may have been lost.
+//! pushes to them may have been lost. A `CatchUp` from the relay wakes the
+//! sessions it names ([`Hub::catch_up_users`]).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use futures_util::{Sink, SinkExt, StreamExt};
+use prometheus_client::metrics::counter::Counter;
 use shared::backoff::Backoff;
 use shared::client::Event;
 use shared::codec::{LinkCodec, LinkCodecError};
 use shared::link::handshake::{JoinError, Joiner, Step};
 use shared::link::liveness::{Death, Liveness};
+use shared::link::missed::{self, MissedCell};
 use shared::link::{BROADCAST_ROOM, Frame, ServerAddrs};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -59,17 +67,36 @@ const CONTROL_CAP: usize = 64;
 /// Time the relay has for each handshake step.
 const HANDSHAKE_STEP: Duration = Duration::from_secs(5);
 
+/// One configured relay: its live link's queue, and what that queue
+/// dropped.
+struct Slot {
+    tx: ArcSwapOption<mpsc::Sender<Frame>>,
+    /// Pushes of stored messages this slot's queue dropped (or that no link
+    /// could take), sent as [`Frame::CatchUp`] once the queue has drained.
+    missed: MissedCell,
+}
+
 /// The outbound queues of the live links, one slot per configured relay.
 pub struct Links {
-    slots: Vec<ArcSwapOption<mpsc::Sender<Frame>>>,
+    slots: Vec<Slot>,
     metrics: Metrics,
+}
+
+/// Whether a link queue has room again after dropping: at most half full.
+fn drained(tx: &mpsc::Sender<Frame>) -> bool {
+    tx.capacity() >= tx.max_capacity() / 2
 }
 
 impl Links {
     /// `n` empty slots.
     pub fn new(n: usize, metrics: Metrics) -> Links {
         Links {
-            slots: (0..n).map(|_| ArcSwapOption::empty()).collect(),
+            slots: (0..n)
+                .map(|_| Slot {
+                    tx: ArcSwapOption::empty(),
+                    missed: MissedCell::new(missed::DEFAULT_CAP),
+                })
+                .collect(),
             metrics,
         }
     }
@@ -79,21 +106,23 @@ impl Links {
     /// frame is dropped: see the module docs).
     pub fn send(&self, mut frame: Frame) -> bool {
         for slot in &self.slots {
-            let Some(tx) = slot.load_full() else { continue };
+            let Some(tx) = slot.tx.load_full() else {
+                continue;
+            };
             match tx.try_send(frame) {
                 Ok(()) => {
                     self.metrics.frames_to_relay.inc();
                     return true;
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.metrics.dropped_link_full.inc();
+                Err(mpsc::error::TrySendError::Full(f)) => {
+                    self.dropped_full(slot, &tx, &f);
                     return false;
                 }
                 // That link just died: take the frame back, try the next one.
                 Err(mpsc::error::TrySendError::Closed(f)) => frame = f,
             }
         }
-        self.metrics.dropped_no_link.inc();
+        self.dropped_no_link(&frame);
         false
     }
 
@@ -101,10 +130,14 @@ impl Links {
     /// module docs); a full queue drops and counts as [`Links::send`] does.
     /// Returns whether at least one link took it.
     pub fn send_all(&self, frame: Frame) -> bool {
-        let live: Vec<_> = self.slots.iter().filter_map(|s| s.load_full()).collect();
+        let live: Vec<_> = self
+            .slots
+            .iter()
+            .filter_map(|s| s.tx.load_full().map(|tx| (s, tx)))
+            .collect();
         let mut frame = Some(frame);
         let mut sent = false;
-        for (i, tx) in live.iter().enumerate() {
+        for (i, (slot, tx)) in live.iter().enumerate() {
             let one = if i + 1 == live.len() {
                 frame.take()
             } else {
@@ -116,16 +149,55 @@ impl Links {
                     self.metrics.frames_to_relay.inc();
                     sent = true;
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    self.metrics.dropped_link_full.inc();
-                }
+                Err(mpsc::error::TrySendError::Full(f)) => self.dropped_full(slot, tx, &f),
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
         }
-        if !sent && live.is_empty() {
-            self.metrics.dropped_no_link.inc();
+        if live.is_empty()
+            && let Some(frame) = &frame
+        {
+            self.dropped_no_link(frame);
         }
         sent
+    }
+
+    /// A frame found `slot`'s queue full: count it and record whose push
+    /// was lost. If the writer emptied the queue between our `try_send` and
+    /// the record, it may have looked at the book before we wrote in it, so
+    /// the catch-ups go out from here.
+    fn dropped_full(&self, slot: &Slot, tx: &mpsc::Sender<Frame>, frame: &Frame) {
+        self.metrics.dropped_link_full.inc();
+        if let Some(to) = frame.to_server()
+            && slot.missed.record(to, frame)
+            && drained(tx)
+        {
+            for catch_up in slot.missed.take() {
+                match tx.try_send(catch_up) {
+                    Ok(()) => {
+                        self.metrics.catch_ups_sent.inc();
+                    }
+                    Err(
+                        mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f),
+                    ) => {
+                        if let Some(to) = f.to_server() {
+                            slot.missed.record(to, &f);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// No link was up for `frame`: count it, and record whose push was lost
+    /// in every slot; the first link to come up sends the catch-ups (the
+    /// receiving server kept its own link, so its relink wakes nothing).
+    fn dropped_no_link(&self, frame: &Frame) {
+        self.metrics.dropped_no_link.inc();
+        if let Some(to) = frame.to_server() {
+            for slot in &self.slots {
+                slot.missed.record(to, frame);
+            }
+        }
     }
 
     /// Queues `frame` on every live link without waiting (room interest:
@@ -133,7 +205,7 @@ impl Links {
     /// re-sends every interest anyway.
     pub fn tell_all(&self, frame: Frame) {
         for slot in &self.slots {
-            if let Some(tx) = slot.load_full() {
+            if let Some(tx) = slot.tx.load_full() {
                 let _ = tx.try_send(frame.clone());
             }
         }
@@ -141,7 +213,7 @@ impl Links {
 
     /// Live links.
     pub fn up(&self) -> usize {
-        self.slots.iter().filter(|s| s.load().is_some()).count()
+        self.slots.iter().filter(|s| s.tx.load().is_some()).count()
     }
 }
 
@@ -198,7 +270,7 @@ pub async fn link_task(addr: String, slot: usize, ctx: LinkContext, shutdown: Ca
         loop {
             let result = run_once(&addr, slot, &ctx, &shutdown, &mut backoff).await;
             if let Some(s) = ctx.links.slots.get(slot)
-                && s.swap(None).is_some()
+                && s.tx.swap(None).is_some()
             {
                 ctx.metrics.links_up.dec();
                 let reason = result.as_ref().err().map(ToString::to_string).unwrap_or_default();
@@ -317,7 +389,7 @@ async fn linked<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|_| LinkEnd::Stalled(ctx.dead_after))??;
     if let Some(s) = ctx.links.slots.get(slot) {
-        s.store(Some(Arc::new(tx)));
+        s.tx.store(Some(Arc::new(tx)));
         ctx.metrics.links_up.inc();
     }
     backoff.reset();
@@ -327,7 +399,18 @@ async fn linked<S: AsyncRead + AsyncWrite + Unpin>(
     let (mut sink, mut stream) = framed.split::<Frame>();
     let live = Mutex::new(Liveness::new(ctx.dead_after, Instant::now()));
     let liveness = || live.lock().unwrap_or_else(PoisonError::into_inner);
-    let mut writer = Box::pin(write_side(&mut sink, &mut rx, &mut control, &live));
+    let missed = ctx.links.slots.get(slot).map(|s| &s.missed);
+    let catch_ups = CatchUps {
+        missed,
+        sent: &ctx.metrics.catch_ups_sent,
+    };
+    let mut writer = Box::pin(write_side(
+        &mut sink,
+        &mut rx,
+        &mut control,
+        &live,
+        catch_ups,
+    ));
     let mut heartbeat = tokio::time::interval_at(Instant::now() + ctx.heartbeat, ctx.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dead = tokio::time::sleep_until(liveness().deadline());
@@ -377,21 +460,55 @@ async fn linked<S: AsyncRead + AsyncWrite + Unpin>(
     Err(end)
 }
 
+/// What a link's writer needs to send the catch-ups of its slot.
+struct CatchUps<'a> {
+    missed: Option<&'a MissedCell>,
+    sent: &'a Counter,
+}
+
 /// The write side of a link: control frames (pings, pongs) first, then
 /// everything queued, up to [`MAX_BATCH`] per flush. Tells `live` when
-/// frames start waiting and when the socket took them. Ends when the queue
-/// closes (`Ok`) or the socket fails.
+/// frames start waiting and when the socket took them. Before waiting for
+/// more, and whenever the queue is at most half full, it writes the
+/// [`Frame::CatchUp`]s of what its slot dropped. Ends when the queue closes
+/// (`Ok`) or the socket fails.
 async fn write_side<W>(
     sink: &mut W,
     rx: &mut mpsc::Receiver<Frame>,
     control: &mut mpsc::Receiver<Frame>,
     live: &Mutex<Liveness<Instant>>,
+    catch_ups: CatchUps<'_>,
 ) -> Result<(), LinkCodecError>
 where
     W: Sink<Frame, Error = LinkCodecError> + Unpin,
 {
     let liveness = || live.lock().unwrap_or_else(PoisonError::into_inner);
     loop {
+        if let Some(missed) = catch_ups.missed
+            && missed.is_pending()
+            && rx.len() <= rx.max_capacity() / 2
+        {
+            let frames = missed.take();
+            liveness().writing(Instant::now());
+            let written = async {
+                for frame in &frames {
+                    sink.feed(frame.clone()).await?;
+                }
+                sink.flush().await
+            };
+            if let Err(e) = written.await {
+                // The link is broken: the next one sends them.
+                for frame in &frames {
+                    if let Some(to) = frame.to_server() {
+                        missed.record(to, frame);
+                    }
+                }
+                return Err(e);
+            }
+            liveness().flushed();
+            catch_ups.sent.inc_by(frames.len() as u64);
+            tracing::debug!(frames = frames.len(), "catch-ups sent for dropped pushes");
+        }
         let first = tokio::select! {
             biased;
             Some(frame) = control.recv() => frame,
@@ -448,6 +565,15 @@ fn handle_inbound(frame: Frame, ctx: &LinkContext) -> Result<Option<Frame>, Link
                 ctx.hub.push_room(&room, &event, None);
             }
         }
+        Frame::CatchUp { users, .. } => {
+            ctx.metrics.frames_from_relay.inc();
+            let woken = ctx.hub.catch_up_users(&users);
+            tracing::debug!(
+                users = users.len(),
+                sessions = woken,
+                "catch-up asked by the relay"
+            );
+        }
         Frame::Ping(n) => return Ok(Some(Frame::Pong(n))),
         Frame::Pong(_) => {}
         Frame::Bye => return Err(LinkEnd::Bye),
@@ -468,7 +594,7 @@ mod tests {
         assert_eq!(metrics.dropped_no_link.get(), 1);
 
         let (tx, mut rx) = mpsc::channel(1);
-        links.slots[0].store(Some(Arc::new(tx)));
+        links.slots[0].tx.store(Some(Arc::new(tx)));
         assert!(links.send(Frame::Ping(1)));
         // Full: dropped at once, not queued on the second (ordered) link.
         assert!(!links.send(Frame::Ping(2)));
@@ -479,7 +605,7 @@ mod tests {
         // A link that died hands the frame to the next live one.
         drop(rx);
         let (tx2, mut rx2) = mpsc::channel(1);
-        links.slots[1].store(Some(Arc::new(tx2)));
+        links.slots[1].tx.store(Some(Arc::new(tx2)));
         assert!(links.send(Frame::Ping(3)));
         assert_eq!(rx2.try_recv().ok(), Some(Frame::Ping(3)));
         assert_eq!(metrics.frames_to_relay.get(), 2);

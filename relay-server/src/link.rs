@@ -3,13 +3,19 @@
 //! After the handshake ([`crate::accept`]) the task registers the server in
 //! the routing table and runs one `select!` over:
 //!
-//! - frames from the server: `Deliver`, `Tell` and `Room` are forwarded, `Interest`
+//! - frames from the server: `Deliver`, `Tell`, `CatchUp` and `Room` are
+//!   forwarded (a `CatchUp` for `*` to every other server), `Interest`
 //!   updates the table, `Ping` is answered, `Bye` ends the link;
 //! - the link's bounded outbound queue, written by a pump that feeds every
 //!   frame available and then flushes once (batching), and that runs beside
 //!   reading, so a server that is slow to read never stops us reading it
 //!   (one that takes nothing for `--dead-after` is cut off, and frames
 //!   for it beyond its queue are dropped meanwhile);
+//! - the `CatchUp` this relay owes the server: when frames carrying pushes
+//!   of stored messages were dropped at the full queue ([`Route::missed`]),
+//!   the pump writes one `CatchUp` naming their users as soon as the queue
+//!   is at most half full again, so the server's sessions read what they
+//!   missed without waiting for their next push;
 //! - the heartbeat interval (`Ping`) and the liveness deadline
 //!   ([`shared::link::liveness`], the same core the servers use);
 //! - the relay's shutdown (we send `Bye`) and this link's own close signal
@@ -29,6 +35,7 @@ use shared::codec::{LinkCodec, LinkCodecError};
 use shared::link::Frame;
 use shared::link::handshake::Accepted;
 use shared::link::liveness::{Death, Liveness};
+use shared::link::missed::{self, ALL_SERVERS, MissedCell};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -37,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::Ctx;
-use crate::metrics::DropReason;
+use crate::metrics::{DropReason, Metrics};
 use crate::routes::{Interest, Outcome, Route};
 
 /// A byte stream a link runs on: plain TCP or TLS over it.
@@ -100,12 +107,14 @@ pub(crate) async fn run(ctx: Arc<Ctx>, framed: LinkFramed, hello: Accepted) {
     let (tx, rx) = mpsc::channel(ctx.config.link_queue);
     let close = CancellationToken::new();
     let link = ctx.routes.next_link();
+    let missed = Arc::new(MissedCell::new(missed::DEFAULT_CAP));
     let route = Route {
         link,
         epoch,
         addrs: addrs.clone(),
         tx,
         close: close.clone(),
+        missed: Arc::clone(&missed),
     };
     match ctx.routes.insert(&server_id, route) {
         Some(old) => {
@@ -120,7 +129,20 @@ pub(crate) async fn run(ctx: Arc<Ctx>, framed: LinkFramed, hello: Accepted) {
     info!(ws = %addrs.ws, tcp = %addrs.tcp, "link up");
 
     let mut live = Liveness::new(ctx.config.dead_after, Instant::now());
-    let end = serve(&ctx, &server_id, link, framed, rx, &close, &mut live).await;
+    let end = serve(
+        &ctx,
+        &server_id,
+        link,
+        framed,
+        Queue {
+            rx,
+            missed,
+            metrics: ctx.metrics.clone(),
+        },
+        &close,
+        &mut live,
+    )
+    .await;
 
     if ctx.routes.remove(&server_id, link) {
         ctx.metrics.link_down();
@@ -146,13 +168,20 @@ pub(crate) async fn run(ctx: Arc<Ctx>, framed: LinkFramed, hello: Accepted) {
     }
 }
 
+/// A link's outbound queue and what it dropped.
+struct Queue {
+    rx: mpsc::Receiver<Frame>,
+    missed: Arc<MissedCell>,
+    metrics: Metrics,
+}
+
 /// The link's loop, from writing `Welcome`; returns why it ended.
 async fn serve(
     ctx: &Ctx,
     server_id: &str,
     link: u64,
     framed: LinkFramed,
-    mut rx: mpsc::Receiver<Frame>,
+    mut queue: Queue,
     close: &CancellationToken,
     live: &mut Liveness<Instant>,
 ) -> End {
@@ -191,7 +220,7 @@ async fn serve(
                 Some(Err(error)) => break End::Broken(error),
                 None => break End::Eof,
             },
-            pumped = std::future::poll_fn(|cx| pump(cx, &mut sink, &mut rx, &mut control, &mut writer, live)) => {
+            pumped = std::future::poll_fn(|cx| pump(cx, &mut sink, &mut queue, &mut control, &mut writer, live)) => {
                 match pumped {
                     // Every sender is gone: the table dropped this route.
                     Ok(()) => break End::Replaced,
@@ -242,17 +271,19 @@ struct WriteState {
 }
 
 /// Moves frames into the socket: control frames first, then every queued
-/// frame available now (up to [`MAX_BATCH`]), then one flush. Pending while
-/// there is nothing to do; ready only when the queue closed (`Ok`) or the
-/// socket failed (`Err`).
+/// frame available now (up to [`MAX_BATCH`]), then one flush. The
+/// `CatchUp`s owed for dropped pushes join the control frames whenever the
+/// queue is at most half full. Pending while there is nothing to do; ready
+/// only when the queue closed (`Ok`) or the socket failed (`Err`).
 fn pump(
     cx: &mut Context<'_>,
     sink: &mut Sink,
-    rx: &mut mpsc::Receiver<Frame>,
+    queue: &mut Queue,
     control: &mut VecDeque<Frame>,
     st: &mut WriteState,
     live: &mut Liveness<Instant>,
 ) -> Poll<Result<(), LinkCodecError>> {
+    let rx = &mut queue.rx;
     let mut fed = 0;
     loop {
         if fed < MAX_BATCH {
@@ -264,6 +295,11 @@ fn pump(
                         st.ready_blocked = false;
                         live.flushed();
                         live.writing(Instant::now());
+                    }
+                    if queue.missed.is_pending() && rx.len() <= rx.max_capacity() / 2 {
+                        let owed = queue.missed.take();
+                        queue.metrics.catch_ups_sent(owed.len() as u64);
+                        control.extend(owed);
                     }
                     let next = match control.pop_front() {
                         Some(frame) => Some(frame),
@@ -327,6 +363,15 @@ impl Input<'_> {
                 let outcome = self.ctx.routes.forward(&to, frame);
                 self.count(outcome, &to);
             }
+            Frame::CatchUp { to_server, .. } => {
+                let to = to_server.clone();
+                let outcome = if to == ALL_SERVERS {
+                    self.ctx.routes.forward_all(self.server_id, &frame)
+                } else {
+                    self.ctx.routes.forward(&to, frame)
+                };
+                self.count(outcome, &to);
+            }
             Frame::Room { msg } => {
                 let outcome = self.ctx.routes.fan_out(self.server_id, &msg.room, &frame);
                 self.count(outcome, &msg.room);
@@ -369,6 +414,7 @@ impl Input<'_> {
         m.forwarded(outcome.forwarded);
         m.dropped(DropReason::NoRoute, outcome.no_route);
         m.dropped(DropReason::QueueFull, outcome.queue_full);
+        m.catch_ups_sent(outcome.catch_ups_sent);
         if outcome.no_route + outcome.queue_full > 0 {
             debug!(
                 target,

@@ -87,6 +87,7 @@ pub struct Metrics {
     links: Gauge,
     frames_forwarded: Counter,
     frames_dropped: Family<Reason, Counter>,
+    catch_ups_sent: Counter,
     links_refused: Family<Reason, Counter>,
     purges: Counter,
     sessions_purged: Counter,
@@ -113,6 +114,7 @@ impl Metrics {
         let links = Gauge::default();
         let frames_forwarded = Counter::default();
         let frames_dropped = Family::<Reason, Counter>::default();
+        let catch_ups_sent = Counter::default();
         let links_refused = Family::<Reason, Counter>::default();
         let purges = Counter::default();
         let sessions_purged = Counter::default();
@@ -141,6 +143,11 @@ impl Metrics {
             "frames_dropped",
             "Frames not forwarded (the message stays in the recipient's inbox)",
             frames_dropped.clone(),
+        );
+        registry.register(
+            "catch_ups_sent",
+            "CatchUp frames this relay sent to a server whose full queue dropped pushes of stored messages",
+            catch_ups_sent.clone(),
         );
         registry.register(
             "links_refused",
@@ -173,6 +180,7 @@ impl Metrics {
             links,
             frames_forwarded,
             frames_dropped,
+            catch_ups_sent,
             links_refused,
             purges,
             sessions_purged,
@@ -210,6 +218,12 @@ impl Metrics {
             self.frames_dropped
                 .get_or_create(&[("reason", reason.label())])
                 .inc_by(n);
+        }
+    }
+
+    pub(crate) fn catch_ups_sent(&self, n: u64) {
+        if n > 0 {
+            self.catch_ups_sent.inc_by(n);
         }
     }
 
@@ -261,6 +275,7 @@ mod tests {
         let m = Metrics::new();
         m.forwarded(3);
         m.dropped(DropReason::QueueFull, 2);
+        m.catch_ups_sent(1);
         m.refused(RefuseReason::Auth);
         m.purged(4, Some(Duration::from_millis(1200)));
         let text = m.render();
@@ -269,6 +284,7 @@ mod tests {
             "relay_frames_forwarded_total 3",
             "relay_frames_dropped_total{reason=\"queue_full\"} 2",
             "relay_frames_dropped_total{reason=\"no_route\"} 0",
+            "relay_catch_ups_sent_total 1",
             "relay_links_refused_total{reason=\"auth\"} 1",
             "relay_purges_total 1",
             "relay_sessions_purged_total 4",

@@ -11,13 +11,19 @@
 //! a newer one for the same server (a reconnect, or a restart) can never
 //! remove or change the newer link's entries.
 //!
+//! A frame that finds a route's queue full is dropped; if it carried a push
+//! of a stored message (`Deliver`, `CatchUp`), the route writes down whose
+//! ([`Route::missed`]), and once the queue has drained the link's writer
+//! sends that server a `CatchUp` (see [`crate::link`]).
+//!
 //! The table sits behind a `std` lock held only for map operations and
 //! `try_send`s, never across an `.await`.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use shared::link::missed::MissedCell;
 use shared::link::{BROADCAST_ROOM, Frame, ServerAddrs};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
@@ -40,6 +46,9 @@ pub struct Route {
     pub tx: mpsc::Sender<Frame>,
     /// Cancelled to close the link (when a newer one replaces it).
     pub close: CancellationToken,
+    /// Pushes of stored messages dropped at this link's full queue; the
+    /// link's writer sends them as `CatchUp` once the queue has drained.
+    pub missed: Arc<MissedCell>,
 }
 
 /// What became of a frame given to the table.
@@ -51,6 +60,9 @@ pub struct Outcome {
     pub no_route: u64,
     /// Target's queue full.
     pub queue_full: u64,
+    /// `CatchUp` frames the relay queued itself, for pushes dropped at a
+    /// full queue that had drained by the time they were written down.
+    pub catch_ups_sent: u64,
 }
 
 /// What `set_interest` did.
@@ -96,12 +108,39 @@ pub struct Routes {
     next_link: AtomicU64,
 }
 
-fn send(route: &Route, frame: Frame, outcome: &mut Outcome) {
+/// Whether a route's queue has room again after dropping: at most half full.
+pub(crate) fn drained(tx: &mpsc::Sender<Frame>) -> bool {
+    tx.capacity() >= tx.max_capacity() / 2
+}
+
+fn send(server: &str, route: &Route, frame: Frame, outcome: &mut Outcome) {
     match route.tx.try_send(frame) {
         Ok(()) => outcome.forwarded += 1,
-        Err(TrySendError::Full(_)) => outcome.queue_full += 1,
+        Err(TrySendError::Full(frame)) => {
+            outcome.queue_full += 1;
+            dropped(server, route, &frame, outcome);
+        }
         // The link task is ending; to the sender that is the same as no route.
+        // (The server's next link wakes all its sessions anyway.)
         Err(TrySendError::Closed(_)) => outcome.no_route += 1,
+    }
+}
+
+/// `frame` found the queue to `server` full: write down whose push was
+/// lost. If the link's writer emptied the queue between our `try_send` and
+/// the record, it may have looked at the book before we wrote in it, so the
+/// catch-ups go out from here.
+fn dropped(server: &str, route: &Route, frame: &Frame, outcome: &mut Outcome) {
+    if !(route.missed.record(server, frame) && drained(&route.tx)) {
+        return;
+    }
+    for catch_up in route.missed.take() {
+        match route.tx.try_send(catch_up) {
+            Ok(()) => outcome.catch_ups_sent += 1,
+            Err(TrySendError::Full(f) | TrySendError::Closed(f)) => {
+                route.missed.record(server, &f);
+            }
+        }
     }
 }
 
@@ -185,8 +224,20 @@ impl Routes {
     pub fn forward(&self, to: &str, frame: Frame) -> Outcome {
         let mut outcome = Outcome::default();
         match self.read().links.get(to) {
-            Some(route) => send(route, frame, &mut outcome),
+            Some(route) => send(to, route, frame, &mut outcome),
             None => outcome.no_route += 1,
+        }
+        outcome
+    }
+
+    /// Queues `frame` towards every linked server but `origin` (a `CatchUp`
+    /// for [`shared::link::missed::ALL_SERVERS`], a broadcast).
+    pub fn forward_all(&self, origin: &str, frame: &Frame) -> Outcome {
+        let mut outcome = Outcome::default();
+        for (id, route) in &self.read().links {
+            if id != origin {
+                send(id, route, frame.clone(), &mut outcome);
+            }
         }
         outcome
     }
@@ -230,15 +281,12 @@ impl Routes {
     /// members of `room`, or every other linked server for
     /// [`BROADCAST_ROOM`]. The origin never gets its own message back.
     pub fn fan_out(&self, origin: &str, room: &str, frame: &Frame) -> Outcome {
+        if room == BROADCAST_ROOM {
+            return self.forward_all(origin, frame);
+        }
         let mut outcome = Outcome::default();
         let t = self.read();
-        if room == BROADCAST_ROOM {
-            for (id, route) in &t.links {
-                if id != origin {
-                    send(route, frame.clone(), &mut outcome);
-                }
-            }
-        } else if let Some(servers) = t.rooms.get(room) {
+        if let Some(servers) = t.rooms.get(room) {
             for id in servers {
                 if id == origin {
                     continue;
@@ -246,7 +294,7 @@ impl Routes {
                 // Interests are removed with their link, so a server listed
                 // here is linked; a miss would only mean a race with removal.
                 match t.links.get(id) {
-                    Some(route) => send(route, frame.clone(), &mut outcome),
+                    Some(route) => send(id, route, frame.clone(), &mut outcome),
                     None => outcome.no_route += 1,
                 }
             }
@@ -268,6 +316,7 @@ mod tests {
             addrs: ServerAddrs::default(),
             tx,
             close: CancellationToken::new(),
+            missed: Arc::default(),
         };
         (r, rx)
     }
@@ -294,6 +343,64 @@ mod tests {
         assert_eq!(routes.forward("b", f.clone()).queue_full, 1);
         assert_eq!(routes.forward("zz", f.clone()).no_route, 1);
         assert_eq!(rx.try_recv().ok(), Some(f));
+    }
+
+    fn deliver(user: &str) -> Frame {
+        Frame::Deliver {
+            to_server: "b".into(),
+            user: user.into(),
+            seq: 1,
+            except: None,
+            msg: shared::link::DirectMsg {
+                id: "m".into(),
+                from: "a".into(),
+                to: user.into(),
+                ts: 1,
+                text: "hi".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_push_dropped_at_a_full_queue_is_written_down_for_a_catch_up() {
+        let routes = Routes::new();
+        let (b, mut rx) = route(&routes, 1, 2);
+        let missed = Arc::clone(&b.missed);
+        routes.insert("b", b);
+        assert_eq!(routes.forward("b", deliver("ann")).forwarded, 1);
+        assert_eq!(routes.forward("b", deliver("ann")).forwarded, 1);
+        let full = routes.forward("b", deliver("bob"));
+        assert_eq!((full.queue_full, full.catch_ups_sent), (1, 0));
+        // A room message stores nothing: not written down.
+        assert_eq!(routes.forward("b", room_frame("r")).queue_full, 1);
+        assert!(missed.is_pending());
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
+        assert_eq!(
+            missed.take(),
+            vec![Frame::CatchUp {
+                to_server: "b".into(),
+                users: vec!["bob".into()]
+            }]
+        );
+    }
+
+    #[test]
+    fn forward_all_reaches_every_server_but_the_origin() {
+        let routes = Routes::new();
+        let (a, mut ra) = route(&routes, 1, 8);
+        let (b, mut rb) = route(&routes, 1, 8);
+        let (c, mut rc) = route(&routes, 1, 8);
+        routes.insert("a", a);
+        routes.insert("b", b);
+        routes.insert("c", c);
+        let f = Frame::CatchUp {
+            to_server: "*".into(),
+            users: vec![],
+        };
+        assert_eq!(routes.forward_all("a", &f).forwarded, 2);
+        assert!(ra.try_recv().is_err());
+        assert_eq!(rb.try_recv().ok(), Some(f.clone()));
+        assert_eq!(rc.try_recv().ok(), Some(f));
     }
 
     #[test]

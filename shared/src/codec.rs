@@ -173,6 +173,8 @@ mod tests {
             any::<u64>().prop_map(Frame::Ping),
             any::<u64>().prop_map(Frame::Pong),
             Just(Frame::Bye),
+            (name(), proptest::collection::vec(name(), 0..8))
+                .prop_map(|(to_server, users)| Frame::CatchUp { to_server, users }),
         ]
     }
 

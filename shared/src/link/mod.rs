@@ -20,10 +20,13 @@
 //!
 //! Both ends drive the same I/O-free core: [`handshake`] (the relay's
 //! [`handshake::Challenger`], the server's [`handshake::Joiner`]) and
-//! [`liveness`] (heartbeats, silence and stalled writes).
+//! [`liveness`] (heartbeats, silence and stalled writes). [`missed`] is
+//! the book of pushes a full queue dropped, from which either end sends
+//! [`Frame::CatchUp`].
 
 pub mod handshake;
 pub mod liveness;
+pub mod missed;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -32,8 +35,9 @@ use sha2::Sha256;
 use crate::ids::SessionId;
 
 /// The link protocol version this build speaks. A peer with another version
-/// is refused with a logged reason.
-pub const LINK_VERSION: u16 = 1;
+/// is refused with a logged reason, so relays and servers are upgraded
+/// together. Version 2 added [`Frame::CatchUp`].
+pub const LINK_VERSION: u16 = 2;
 
 /// Bytes in a challenge nonce.
 pub const NONCE_LEN: usize = 32;
@@ -165,6 +169,19 @@ pub enum Frame {
         /// The message (`id` and `ts` as made by the sender's server).
         msg: DirectMsg,
     },
+    /// Pushes of stored messages to `users` on `to_server` were dropped at a
+    /// full queue (see [`missed`]): that server brings those users' live
+    /// sessions up to their inbox heads. Sent by a server (through a relay,
+    /// which routes it like [`Frame::Deliver`]) or by a relay itself, once
+    /// the queue that dropped has drained. Last, so the frames before it
+    /// keep their encoding (link version 2).
+    CatchUp {
+        /// The server that holds the sessions; [`missed::ALL_SERVERS`]
+        /// (`*`): every server linked to the relay but the sender.
+        to_server: String,
+        /// Whose sessions catch up; empty: every live session there.
+        users: Vec<String>,
+    },
 }
 
 impl Frame {
@@ -182,6 +199,17 @@ impl Frame {
             Frame::Ping(_) => "ping",
             Frame::Pong(_) => "pong",
             Frame::Bye => "bye",
+            Frame::CatchUp { .. } => "catch_up",
+        }
+    }
+
+    /// The server a routed frame is for (`Deliver`, `Tell`, `CatchUp`).
+    pub fn to_server(&self) -> Option<&str> {
+        match self {
+            Frame::Deliver { to_server, .. }
+            | Frame::Tell { to_server, .. }
+            | Frame::CatchUp { to_server, .. } => Some(to_server),
+            _ => None,
         }
     }
 }
