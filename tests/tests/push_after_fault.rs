@@ -406,3 +406,166 @@ async fn redis_paused_mid_stream_answers_every_send_and_loses_nothing_acknowledg
         acked.len()
     );
 }
+
+/// The seq in `OK SENT <id> <seq>` or in `MSG <seq> ...`.
+fn seq_of(line: &str) -> u64 {
+    let field = if line.starts_with("OK SENT ") { 3 } else { 1 };
+    line.split_whitespace()
+        .nth(field)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no seq in {}", &line[..line.len().min(80)]))
+}
+
+/// Sends big messages from alice to bob until `page` of `metrics_at` shows
+/// `series` above zero (a full queue dropped a push), then three more.
+/// Returns the first seq sent, the last `OK SENT` line and when it came.
+async fn send_until_dropped(
+    alice: &mut WsClient,
+    metrics_at: std::net::SocketAddr,
+    series: &str,
+) -> (u64, String, Instant) {
+    // Big frames fill the socket buffers of the held link quickly.
+    let text = "y".repeat(60_000);
+    let mut first = None;
+    let mut n = 0;
+    let mut extra = None;
+    loop {
+        n += 1;
+        assert!(n < 1000, "no {series} after {n} messages");
+        alice.send(&format!("SEND bob {n} {text}")).await;
+        let sent = alice.expect_prefix("OK SENT ").await;
+        first.get_or_insert(seq_of(&sent));
+        match &mut extra {
+            Some(0) => {
+                let first = first.unwrap_or_default();
+                return (first, sent, Instant::now());
+            }
+            Some(k) => *k -= 1,
+            None if n % 4 == 0 => {
+                let (_, page) = http_get(metrics_at, "/metrics").await;
+                if metric(&page, series).unwrap_or(0.0) > 0.0 {
+                    extra = Some(2);
+                }
+            }
+            None => {}
+        }
+    }
+}
+
+/// Reads bob's pushes until seq `last`, without sending anything; checks
+/// that every seq from `first` came, once and in order. Returns when the
+/// last one came.
+async fn pushed_through(bob: &mut WsClient, first: u64, last: u64, limit: Duration) -> Instant {
+    let deadline = Instant::now() + limit;
+    let mut next = first;
+    while next <= last {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match bob.next_within(left).await {
+            Seen::Line(l) if l.starts_with("MSG ") => {
+                assert_eq!(seq_of(&l), next, "pushes out of order or with a hole");
+                next += 1;
+            }
+            Seen::Line(_) => {}
+            other => panic!(
+                "bob got seqs {first}..{} of {first}..={last} within {limit:?}, then {other:?}",
+                next.saturating_sub(1)
+            ),
+        }
+    }
+    Instant::now()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_the_relay_dropped_at_a_full_queue_are_caught_up_once_it_drained() {
+    let redis = RedisServer::start();
+    // A small queue towards each server, and no link declared dead while
+    // b's is held (the relink would wake every session anyway).
+    let relay = RelayProc::start(
+        &redis.url(),
+        free_addr(),
+        &["--link-queue", "4", "--dead-after", "60s"],
+    );
+    let proxy = Proxy::start(relay.link).await;
+    let a = ServerProc::start("a", &redis.url(), relay.link, &["--link-dead-after", "60s"]);
+    let b_relay = proxy.addr().to_string();
+    let b = ServerProc::start(
+        "b",
+        &redis.url(),
+        relay.link,
+        &["--relay", &b_relay, "--link-dead-after", "60s"],
+    );
+    a.wait_linked(1);
+    b.wait_linked(1);
+    let mut alice = WsClient::login(a.ws, "alice").await;
+    let mut bob = WsClient::login(b.ws, "bob").await;
+    warm_up(&mut alice, &mut bob, "bob").await;
+
+    // b's link passes nothing: the relay's writes pile up in the socket
+    // buffers, then in its queue to b, then it drops.
+    proxy.set(Mode::Blackhole);
+    let (first, sent, sent_at) = send_until_dropped(
+        &mut alice,
+        relay.admin,
+        "relay_frames_dropped_total{reason=\"queue_full\"}",
+    )
+    .await;
+    let last = seq_of(&sent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(Mode::Forward);
+    let healed = Instant::now();
+    let done = pushed_through(&mut bob, first, last, Duration::from_secs(5)).await;
+    let (_, page) = http_get(relay.admin, "/metrics").await;
+    assert!(metric(&page, "relay_catch_ups_sent_total").unwrap_or(0.0) >= 1.0);
+    println!(
+        "relay dropped pushes at a full queue ({} messages): all pushed to bob, unasked, {:?} after the link passed again ({:?} after the last OK SENT)",
+        last - first + 1,
+        done - healed,
+        done - sent_at
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_a_server_dropped_at_its_own_full_link_queue_are_caught_up_once_it_drained() {
+    let redis = RedisServer::start();
+    let relay = RelayProc::start(&redis.url(), free_addr(), &["--dead-after", "60s"]);
+    let proxy = Proxy::start(relay.link).await;
+    let a_relay = proxy.addr().to_string();
+    let a = ServerProc::start(
+        "a",
+        &redis.url(),
+        relay.link,
+        &[
+            "--relay",
+            &a_relay,
+            "--link-queue",
+            "4",
+            "--link-dead-after",
+            "60s",
+        ],
+    );
+    let b = ServerProc::start("b", &redis.url(), relay.link, &["--link-dead-after", "60s"]);
+    a.wait_linked(1);
+    b.wait_linked(1);
+    let mut alice = WsClient::login(a.ws, "alice").await;
+    let mut bob = WsClient::login(b.ws, "bob").await;
+    warm_up(&mut alice, &mut bob, "bob").await;
+
+    // a's link passes nothing: a's writes pile up in the socket buffers,
+    // then in its own link queue, then a drops.
+    proxy.set(Mode::Blackhole);
+    let (first, sent, sent_at) =
+        send_until_dropped(&mut alice, a.ws, "server_dropped_link_full_total").await;
+    let last = seq_of(&sent);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(Mode::Forward);
+    let healed = Instant::now();
+    let done = pushed_through(&mut bob, first, last, Duration::from_secs(5)).await;
+    let (_, page) = http_get(a.ws, "/metrics").await;
+    assert!(metric(&page, "server_catch_ups_sent_total").unwrap_or(0.0) >= 1.0);
+    println!(
+        "server a dropped pushes at its full link queue ({} messages): all pushed to bob, unasked, {:?} after the link passed again ({:?} after the last OK SENT)",
+        last - first + 1,
+        done - healed,
+        done - sent_at
+    );
+}

@@ -12,6 +12,7 @@ use serde_json::Value;
 use shared::codec::LinkCodec;
 use shared::ids::{SessionId, session_location};
 use shared::keys;
+use shared::link::missed::ALL_SERVERS;
 use shared::link::{
     BROADCAST_ROOM, DirectMsg, Frame, LINK_VERSION, NONCE_LEN, RoomMsg, ServerAddrs, auth_tag,
 };
@@ -1022,4 +1023,115 @@ async fn connections_beyond_max_links_are_closed_and_counted() {
     })
     .await;
     assert!(back.is_some(), "the slot was never given back");
+}
+
+fn catch_up(to: &str, users: &[&str]) -> Frame {
+    Frame::CatchUp {
+        to_server: to.into(),
+        users: users.iter().map(|u| u.to_string()).collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_reaches_its_server_and_one_for_every_server_all_but_the_sender() {
+    let redis = RedisServer::start();
+    let relay = start_relay(&redis, |_| {}).await;
+    let mut a = Fake::link(relay.link, "a", 1).await;
+    let mut b = Fake::link(relay.link, "b", 1).await;
+    let mut c = Fake::link(relay.link, "c", 1).await;
+
+    a.send(catch_up("b", &["bob", "ann"])).await;
+    assert_eq!(b.recv().await, Some(catch_up("b", &["bob", "ann"])));
+    // Nothing for c, nothing back to a.
+    a.sync().await;
+    c.sync().await;
+
+    a.send(catch_up(ALL_SERVERS, &[])).await;
+    assert_eq!(b.recv().await, Some(catch_up(ALL_SERVERS, &[])));
+    assert_eq!(c.recv().await, Some(catch_up(ALL_SERVERS, &[])));
+    a.sync().await;
+    b.sync().await;
+    assert_eq!(relay.metric("relay_frames_forwarded_total").await, 3.0);
+    // Forwarded, not the relay's own.
+    assert_eq!(relay.metric("relay_catch_ups_sent_total").await, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_dropped_at_a_full_queue_are_followed_by_a_catch_up_once_it_drained() {
+    let redis = RedisServer::start();
+    let relay = start_relay(&redis, |c| {
+        c.link_queue = 4;
+        // b stops reading for a while; it must not be cut off meanwhile.
+        c.dead_after = Duration::from_secs(60);
+    })
+    .await;
+    let mut a = Fake::link(relay.link, "a", 1).await;
+    let mut b = Fake::link(relay.link, "b", 1).await;
+
+    // b reads nothing: the socket buffers fill, then b's queue, then the
+    // relay drops.
+    let text = "x".repeat(60_000);
+    let numbered = |n: usize| match deliver("b", &text) {
+        Frame::Deliver {
+            to_server,
+            user,
+            seq,
+            except,
+            mut msg,
+        } => {
+            msg.id = format!("m{n}");
+            Frame::Deliver {
+                to_server,
+                user,
+                seq,
+                except,
+                msg,
+            }
+        }
+        other => other,
+    };
+    let dropped = "relay_frames_dropped_total{reason=\"queue_full\"}";
+    let mut sent = 0;
+    while relay.metric(dropped).await == 0.0 {
+        assert!(sent < 2000, "no drop after {sent} frames");
+        for _ in 0..8 {
+            a.framed.feed(numbered(sent)).await.expect("feed");
+            sent += 1;
+        }
+        SinkExt::<Frame>::flush(&mut a.framed).await.expect("flush");
+        a.sync().await;
+    }
+
+    // b reads again: what was queued, and a catch-up for bob (it may come
+    // ahead of frames still queued: it makes bob's sessions read the inbox
+    // to its head, which already holds everything sent).
+    let mut order = Vec::new(); // Some(n): deliver m<n>; None: catch-up
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(1), b.framed.next()).await;
+        let frame = match next {
+            Err(_) => break,
+            Ok(Some(Ok(frame))) => frame,
+            Ok(_) => panic!("b's link ended"),
+        };
+        match frame {
+            Frame::Ping(n) => b.send(Frame::Pong(n)).await,
+            Frame::Deliver { msg, .. } => {
+                let n: usize = msg.id[1..].parse().expect("numbered");
+                order.push(Some(n));
+            }
+            Frame::CatchUp { to_server, users } => {
+                assert_eq!((to_server.as_str(), &users[..]), ("b", &["bob".to_owned()][..]));
+                order.push(None);
+            }
+            other => panic!("unexpected {}", other.kind()),
+        }
+    }
+    let received: std::collections::HashSet<usize> = order.iter().flatten().copied().collect();
+    assert!(received.len() < sent, "all {sent} arrived: none dropped?");
+    let catch_ups = order.iter().filter(|n| n.is_none()).count();
+    assert!(catch_ups >= 1, "no catch-up after the drops: {order:?}");
+    assert_eq!(
+        relay.metric("relay_catch_ups_sent_total").await,
+        catch_ups as f64
+    );
 }
