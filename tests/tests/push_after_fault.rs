@@ -3,7 +3,11 @@
 //! the client asking (no `SYNC`), within 5 s of the fault's end; a relay
 //! that loses only its own link to a server that another relay still holds
 //! purges nothing; and Redis paused in the middle of a stream answers every
-//! send within a bound and loses nothing it acknowledged.
+//! send within a bound and loses nothing it acknowledged. Pushes dropped at
+//! a full queue (the relay's towards the recipient's server, or the
+//! sender's server's own link queue) or for want of any link on the
+//! sender's side are caught up (`CatchUp`) once the queue drained or the
+//! link is back.
 
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
@@ -567,5 +571,42 @@ async fn pushes_a_server_dropped_at_its_own_full_link_queue_are_caught_up_once_i
         last - first + 1,
         done - healed,
         done - sent_at
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_sent_while_only_the_senders_link_was_down_is_pushed_after_its_relink() {
+    let redis = RedisServer::start();
+    let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let proxy = Proxy::start(relay.link).await;
+    let a_relay = proxy.addr().to_string();
+    let a = ServerProc::start("a", &redis.url(), relay.link, &["--relay", &a_relay]);
+    let b = ServerProc::start("b", &redis.url(), relay.link, &[]);
+    a.wait_linked(1);
+    b.wait_linked(1);
+    let mut alice = WsClient::login(a.ws, "alice").await;
+    let mut bob = WsClient::login(b.ws, "bob").await;
+    warm_up(&mut alice, &mut bob, "bob").await;
+
+    // Only a is cut off; b keeps its link, so nothing wakes b's sessions.
+    proxy.set(Mode::Blackhole);
+    unlinked(&a).await;
+    alice.send("SEND bob sent while a had no link").await;
+    let id = sent_id(&alice.expect_prefix("OK SENT ").await);
+    assert!(
+        matches!(bob.next_within(Duration::from_secs(1)).await, Seen::Timeout),
+        "nothing can reach bob while a has no link"
+    );
+
+    proxy.cut();
+    proxy.set(Mode::Forward);
+    let healed = Instant::now();
+    // Within 5 s of a's relink (its reconnect backoff comes first).
+    tokio::task::block_in_place(|| a.wait_linked(2));
+    let line = pushed(&mut bob, &id, Duration::from_secs(5)).await;
+    assert!(line.contains("sent while a had no link"), "{line}");
+    println!(
+        "sender's link down, message stored -> pushed to bob, unasked: {:?} after the partition healed",
+        healed.elapsed()
     );
 }

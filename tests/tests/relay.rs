@@ -1120,7 +1120,10 @@ async fn pushes_dropped_at_a_full_queue_are_followed_by_a_catch_up_once_it_drain
                 order.push(Some(n));
             }
             Frame::CatchUp { to_server, users } => {
-                assert_eq!((to_server.as_str(), &users[..]), ("b", &["bob".to_owned()][..]));
+                assert_eq!(
+                    (to_server.as_str(), &users[..]),
+                    ("b", &["bob".to_owned()][..])
+                );
                 order.push(None);
             }
             other => panic!("unexpected {}", other.kind()),
