@@ -479,49 +479,77 @@ async fn pushed_through(bob: &mut WsClient, first: u64, last: u64, limit: Durati
     Instant::now()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushes_the_relay_dropped_at_a_full_queue_are_caught_up_once_it_drained() {
+/// Which queue fills and drops in [`dropped_pushes_are_caught_up`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FullQueue {
+    /// The relay's queue towards b (the recipient's server).
+    Relay,
+    /// Server a's own link queue towards the relay (the sender's server).
+    Sender,
+}
+
+/// alice on a sends bob on b big messages while the proxy holds one link
+/// (b's for [`FullQueue::Relay`], a's for [`FullQueue::Sender`]) until the
+/// queue in front of it, 4 frames, drops; the link passes again after
+/// 0.3 s, and bob must get every message up to the last, in order and
+/// unasked, within 5 s. No link is declared dead meanwhile (`--dead-after`
+/// 60 s): a relink would wake every session anyway, and this is the case
+/// where nothing but the catch-up does.
+async fn dropped_pushes_are_caught_up(full: FullQueue) {
     let redis = RedisServer::start();
-    // A small queue towards each server, and no link declared dead while
-    // b's is held (the relink would wake every session anyway).
-    let relay = RelayProc::start(
-        &redis.url(),
-        free_addr(),
-        &["--link-queue", "4", "--dead-after", "60s"],
-    );
+    let mut relay_flags = vec!["--dead-after", "60s"];
+    if full == FullQueue::Relay {
+        relay_flags.extend(["--link-queue", "4"]);
+    }
+    let relay = RelayProc::start(&redis.url(), free_addr(), &relay_flags);
     let proxy = Proxy::start(relay.link).await;
-    let a = ServerProc::start("a", &redis.url(), relay.link, &["--link-dead-after", "60s"]);
-    let b_relay = proxy.addr().to_string();
-    let b = ServerProc::start(
-        "b",
-        &redis.url(),
-        relay.link,
-        &["--relay", &b_relay, "--link-dead-after", "60s"],
-    );
+    let via_proxy = proxy.addr().to_string();
+    let mut a_flags = vec!["--link-dead-after", "60s"];
+    let mut b_flags = vec!["--link-dead-after", "60s"];
+    match full {
+        FullQueue::Relay => b_flags.extend(["--relay", via_proxy.as_str()]),
+        FullQueue::Sender => a_flags.extend(["--relay", via_proxy.as_str(), "--link-queue", "4"]),
+    }
+    let a = ServerProc::start("a", &redis.url(), relay.link, &a_flags);
+    let b = ServerProc::start("b", &redis.url(), relay.link, &b_flags);
     a.wait_linked(1);
     b.wait_linked(1);
     let mut alice = WsClient::login(a.ws, "alice").await;
     let mut bob = WsClient::login(b.ws, "bob").await;
     warm_up(&mut alice, &mut bob, "bob").await;
 
-    // b's link passes nothing: the relay's writes pile up in the socket
-    // buffers, then in its queue to b, then it drops.
+    // The held link's writer piles up in the socket buffers, then in the
+    // queue in front of it, which then drops.
     proxy.set(Mode::Blackhole);
-    let (first, sent, sent_at) = send_until_dropped(
-        &mut alice,
-        relay.admin,
-        "relay_frames_dropped_total{reason=\"queue_full\"}",
-    )
-    .await;
+    let (metrics_at, dropped, caught_up) = match full {
+        FullQueue::Relay => (
+            relay.admin,
+            "relay_frames_dropped_total{reason=\"queue_full\"}",
+            "relay_catch_ups_sent_total",
+        ),
+        FullQueue::Sender => (
+            a.ws,
+            "server_dropped_link_full_total",
+            "server_catch_ups_sent_total",
+        ),
+    };
+    let (first, sent, sent_at) = send_until_dropped(&mut alice, metrics_at, dropped).await;
     let last = seq_of(&sent);
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.set(Mode::Forward);
     let healed = Instant::now();
     let done = pushed_through(&mut bob, first, last, Duration::from_secs(5)).await;
-    let (_, page) = http_get(relay.admin, "/metrics").await;
-    assert!(metric(&page, "relay_catch_ups_sent_total").unwrap_or(0.0) >= 1.0);
+    let (_, page) = http_get(metrics_at, "/metrics").await;
+    assert!(
+        metric(&page, caught_up).unwrap_or(0.0) >= 1.0,
+        "{caught_up}"
+    );
+    let queue = match full {
+        FullQueue::Relay => "the relay's queue to b",
+        FullQueue::Sender => "server a's own link queue",
+    };
     println!(
-        "relay dropped pushes at a full queue ({} messages): all pushed to bob, unasked, {:?} after the link passed again ({:?} after the last OK SENT)",
+        "pushes dropped at {queue} ({} messages): all pushed to bob, unasked, {:?} after the link passed again ({:?} after the last OK SENT)",
         last - first + 1,
         done - healed,
         done - sent_at
@@ -529,49 +557,13 @@ async fn pushes_the_relay_dropped_at_a_full_queue_are_caught_up_once_it_drained(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushes_a_server_dropped_at_its_own_full_link_queue_are_caught_up_once_it_drained() {
-    let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), free_addr(), &["--dead-after", "60s"]);
-    let proxy = Proxy::start(relay.link).await;
-    let a_relay = proxy.addr().to_string();
-    let a = ServerProc::start(
-        "a",
-        &redis.url(),
-        relay.link,
-        &[
-            "--relay",
-            &a_relay,
-            "--link-queue",
-            "4",
-            "--link-dead-after",
-            "60s",
-        ],
-    );
-    let b = ServerProc::start("b", &redis.url(), relay.link, &["--link-dead-after", "60s"]);
-    a.wait_linked(1);
-    b.wait_linked(1);
-    let mut alice = WsClient::login(a.ws, "alice").await;
-    let mut bob = WsClient::login(b.ws, "bob").await;
-    warm_up(&mut alice, &mut bob, "bob").await;
+async fn pushes_the_relay_dropped_at_a_full_queue_are_caught_up_once_it_drained() {
+    dropped_pushes_are_caught_up(FullQueue::Relay).await;
+}
 
-    // a's link passes nothing: a's writes pile up in the socket buffers,
-    // then in its own link queue, then a drops.
-    proxy.set(Mode::Blackhole);
-    let (first, sent, sent_at) =
-        send_until_dropped(&mut alice, a.ws, "server_dropped_link_full_total").await;
-    let last = seq_of(&sent);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    proxy.set(Mode::Forward);
-    let healed = Instant::now();
-    let done = pushed_through(&mut bob, first, last, Duration::from_secs(5)).await;
-    let (_, page) = http_get(a.ws, "/metrics").await;
-    assert!(metric(&page, "server_catch_ups_sent_total").unwrap_or(0.0) >= 1.0);
-    println!(
-        "server a dropped pushes at its full link queue ({} messages): all pushed to bob, unasked, {:?} after the link passed again ({:?} after the last OK SENT)",
-        last - first + 1,
-        done - healed,
-        done - sent_at
-    );
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_a_server_dropped_at_its_own_full_link_queue_are_caught_up_once_it_drained() {
+    dropped_pushes_are_caught_up(FullQueue::Sender).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
