@@ -55,6 +55,25 @@ async fn warm_up(from: &mut WsClient, to: &mut WsClient, to_user: &str) {
     quiet(from).await;
 }
 
+/// Servers a and b on `redis` with `a_flags`/`b_flags` (linked to `relay`
+/// unless a flag says `--relay`), alice logged in on a and bob on b, and
+/// one message from alice pushed to bob, so both links carry traffic.
+async fn alice_on_a_bob_on_b(
+    redis: &RedisServer,
+    relay: std::net::SocketAddr,
+    a_flags: &[&str],
+    b_flags: &[&str],
+) -> (ServerProc, ServerProc, WsClient, WsClient) {
+    let a = ServerProc::start("a", &redis.url(), relay, a_flags);
+    let b = ServerProc::start("b", &redis.url(), relay, b_flags);
+    a.wait_linked(1);
+    b.wait_linked(1);
+    let mut alice = WsClient::login(a.ws, "alice").await;
+    let mut bob = WsClient::login(b.ws, "bob").await;
+    warm_up(&mut alice, &mut bob, "bob").await;
+    (a, b, alice, bob)
+}
+
 /// Reads `c` until nothing comes for half a second.
 async fn quiet(c: &mut WsClient) {
     while let Seen::Line(_) = c.next_within(Duration::from_millis(500)).await {}
@@ -95,13 +114,7 @@ async fn unlinked(server: &ServerProc) {
 async fn a_message_stored_while_the_relay_was_away_is_pushed_when_a_new_relay_starts() {
     let redis = RedisServer::start();
     let mut relay = RelayProc::start(&redis.url(), free_addr(), &[]);
-    let a = ServerProc::start("a", &redis.url(), relay.link, &[]);
-    let b = ServerProc::start("b", &redis.url(), relay.link, &[]);
-    a.wait_linked(1);
-    b.wait_linked(1);
-    let mut alice = WsClient::login(a.ws, "alice").await;
-    let mut bob = WsClient::login(b.ws, "bob").await;
-    warm_up(&mut alice, &mut bob, "bob").await;
+    let (a, b, mut alice, mut bob) = alice_on_a_bob_on_b(&redis, relay.link, &[], &[]).await;
 
     let link = relay.link;
     relay.proc.kill9();
@@ -137,14 +150,9 @@ async fn a_frame_lost_with_a_broken_link_is_pushed_after_the_relink() {
     let redis = RedisServer::start();
     let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
     let proxy = Proxy::start(relay.link).await;
-    let a = ServerProc::start("a", &redis.url(), relay.link, &[]);
     let b_relay = proxy.addr().to_string();
-    let b = ServerProc::start("b", &redis.url(), relay.link, &["--relay", &b_relay]);
-    a.wait_linked(1);
-    b.wait_linked(1);
-    let mut alice = WsClient::login(a.ws, "alice").await;
-    let mut bob = WsClient::login(b.ws, "bob").await;
-    warm_up(&mut alice, &mut bob, "bob").await;
+    let (_a, _b, mut alice, mut bob) =
+        alice_on_a_bob_on_b(&redis, relay.link, &[], &["--relay", &b_relay]).await;
 
     // The relay writes the frame for bob into a link that passes nothing;
     // then the link is cut, and what it held is gone.
@@ -165,13 +173,7 @@ async fn a_frame_lost_with_a_broken_link_is_pushed_after_the_relink() {
 async fn a_message_stored_after_redis_restarted_empty_is_pushed_to_a_live_session() {
     let mut redis = RedisServer::start();
     let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
-    let a = ServerProc::start("a", &redis.url(), relay.link, &[]);
-    let b = ServerProc::start("b", &redis.url(), relay.link, &[]);
-    a.wait_linked(1);
-    b.wait_linked(1);
-    let mut alice = WsClient::login(a.ws, "alice").await;
-    let mut bob = WsClient::login(b.ws, "bob").await;
-    warm_up(&mut alice, &mut bob, "bob").await;
+    let (_a, _b, mut alice, mut bob) = alice_on_a_bob_on_b(&redis, relay.link, &[], &[]).await;
 
     // Redis comes back with nothing: no sessions (so a does not know where
     // bob is) and a new inbox whose seqs start at 1 again.
@@ -510,13 +512,8 @@ async fn dropped_pushes_are_caught_up(full: FullQueue) {
         FullQueue::Relay => b_flags.extend(["--relay", via_proxy.as_str()]),
         FullQueue::Sender => a_flags.extend(["--relay", via_proxy.as_str(), "--link-queue", "4"]),
     }
-    let a = ServerProc::start("a", &redis.url(), relay.link, &a_flags);
-    let b = ServerProc::start("b", &redis.url(), relay.link, &b_flags);
-    a.wait_linked(1);
-    b.wait_linked(1);
-    let mut alice = WsClient::login(a.ws, "alice").await;
-    let mut bob = WsClient::login(b.ws, "bob").await;
-    warm_up(&mut alice, &mut bob, "bob").await;
+    let (a, _b, mut alice, mut bob) =
+        alice_on_a_bob_on_b(&redis, relay.link, &a_flags, &b_flags).await;
 
     // The held link's writer piles up in the socket buffers, then in the
     // queue in front of it, which then drops.
@@ -572,13 +569,8 @@ async fn a_message_sent_while_only_the_senders_link_was_down_is_pushed_after_its
     let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
     let proxy = Proxy::start(relay.link).await;
     let a_relay = proxy.addr().to_string();
-    let a = ServerProc::start("a", &redis.url(), relay.link, &["--relay", &a_relay]);
-    let b = ServerProc::start("b", &redis.url(), relay.link, &[]);
-    a.wait_linked(1);
-    b.wait_linked(1);
-    let mut alice = WsClient::login(a.ws, "alice").await;
-    let mut bob = WsClient::login(b.ws, "bob").await;
-    warm_up(&mut alice, &mut bob, "bob").await;
+    let (a, _b, mut alice, mut bob) =
+        alice_on_a_bob_on_b(&redis, relay.link, &["--relay", &a_relay], &[]).await;
 
     // Only a is cut off; b keeps its link, so nothing wakes b's sessions.
     proxy.set(Mode::Blackhole);
