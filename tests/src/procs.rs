@@ -172,6 +172,16 @@ impl Drop for Proc {
     }
 }
 
+/// A loopback address whose port is free now: for a process that must be
+/// started again on the same address (a relay after `kill -9`), so the
+/// address is known before the first start. A process started once may as
+/// well get port 0 and report what it bound.
+pub fn any_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
 /// Reads `key=<addr>` from a log line such as `listening ws=127.0.0.1:4000 tcp=...`.
 pub fn addr_in(line: &str, key: &str) -> SocketAddr {
     let prefix = format!("{key}=");

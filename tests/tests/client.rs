@@ -4,22 +4,15 @@
 //! a gap, a full server's alternative, and a refused token.
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use switchboard_client::{Client, Config, Endpoint, Error, Event};
-use switchboard_tests::procs::{RelayProc, ServerProc};
+use switchboard_tests::procs::{RelayProc, ServerProc, any_port};
 use switchboard_tests::{Cluster, RedisServer, WsClient, eventually, http_get};
 use tokio::sync::mpsc;
 
 /// How long a test waits for an event it expects.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
 
 fn config(user: &str, servers: Vec<Endpoint>) -> Config {
     let mut c = Config::new(user, servers);
@@ -125,7 +118,7 @@ async fn sends_are_stored_then_delivered_across_servers_in_both_transports() {
 async fn after_kill_9_of_its_server_the_client_resumes_with_nothing_lost_or_doubled() {
     const N: usize = 60;
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
     let mut a = ServerProc::start("a", &redis.url(), relay.link, &[]);
     let b = ServerProc::start("b", &redis.url(), relay.link, &[]);
     a.wait_linked(1);
@@ -226,7 +219,7 @@ async fn after_kill_9_of_its_server_the_client_resumes_with_nothing_lost_or_doub
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_dropped_while_the_relay_is_down_is_recovered_by_sync_on_the_gap() {
     let redis = RedisServer::start();
-    let link = free_addr();
+    let link = any_port();
     let mut relay = RelayProc::start(&redis.url(), link, &[]);
     let a = ServerProc::start("a", &redis.url(), link, &[]);
     let b = ServerProc::start("b", &redis.url(), link, &[]);

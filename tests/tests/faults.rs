@@ -18,7 +18,8 @@ use tokio::net::TcpListener as AsyncListener;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Port 0: the process picks a free port and logs it.
-fn any_port() -> SocketAddr {
+/// Port 0: the process picks one and reports it.
+fn port_zero() -> SocketAddr {
     "127.0.0.1:0".parse().expect("addr")
 }
 
@@ -64,7 +65,7 @@ async fn links_up(server: &ServerProc) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_is_purged_within_5_seconds() {
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
+    let relay = RelayProc::start(&redis.url(), port_zero(), &[]);
     let mut a = ServerProc::start("a", &redis.url(), relay.link, &[]);
     let b = ServerProc::start("b", &redis.url(), relay.link, &[]);
     a.wait_linked(1);
@@ -126,7 +127,7 @@ async fn a_killed_server_is_purged_within_5_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_relink_to_a_restarted_relay_by_themselves() {
     let redis = RedisServer::start();
-    let mut relay = RelayProc::start(&redis.url(), any_port(), &[]);
+    let mut relay = RelayProc::start(&redis.url(), port_zero(), &[]);
     let a = ServerProc::start("a", &redis.url(), relay.link, &[]);
     let b = ServerProc::start("b", &redis.url(), relay.link, &[]);
     a.wait_linked(1);
@@ -295,7 +296,7 @@ async fn silent_clients_are_closed_after_the_idle_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_sessions_cleans_redis_and_exits_0() {
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
+    let relay = RelayProc::start(&redis.url(), port_zero(), &[]);
     let mut a = ServerProc::start("a", &redis.url(), relay.link, &[]);
     a.wait_linked(1);
     let mut ws = WsClient::login(a.ws, "alice").await;
@@ -398,8 +399,8 @@ async fn a_restarted_server_removes_what_its_previous_life_left() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_two_relays_delivery_survives_the_loss_of_one() {
     let redis = RedisServer::start();
-    let mut r1 = RelayProc::start(&redis.url(), any_port(), &["--relay-id", "r1"]);
-    let r2 = RelayProc::start(&redis.url(), any_port(), &["--relay-id", "r2"]);
+    let mut r1 = RelayProc::start(&redis.url(), port_zero(), &["--relay-id", "r1"]);
+    let r2 = RelayProc::start(&redis.url(), port_zero(), &["--relay-id", "r2"]);
     let relays = format!("{},{}", r1.link, r2.link);
     let a = ServerProc::start("a", &redis.url(), r1.link, &["--relay", &relays]);
     let b = ServerProc::start("b", &redis.url(), r1.link, &["--relay", &relays]);
@@ -505,7 +506,7 @@ fn a_server_without_a_token_secret_or_insecure_login_refuses_to_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_goes_silent_without_closing_is_noticed_within_link_dead_after() {
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
+    let relay = RelayProc::start(&redis.url(), port_zero(), &[]);
     let dead_after = Duration::from_millis(1500);
     let a = ServerProc::start(
         "a",
@@ -738,7 +739,7 @@ async fn inbox_texts(addr: SocketAddr, user: &str) -> HashMap<String, usize> {
 async fn sigterm_with_sends_and_pushes_in_flight_loses_nothing() {
     const N: usize = 400;
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
+    let relay = RelayProc::start(&redis.url(), port_zero(), &[]);
     let mut a = ServerProc::start("a", &redis.url(), relay.link, &["--rate-limit", "0"]);
     let b = ServerProc::start("b", &redis.url(), relay.link, &["--rate-limit", "0"]);
     a.wait_linked(1);
@@ -889,7 +890,7 @@ fn send_queue(local: u16, remote: u16) -> Option<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_gives_up_on_a_stuck_session_after_shutdown_timeout() {
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
+    let relay = RelayProc::start(&redis.url(), port_zero(), &[]);
     // Writes to a client may block for a minute; shutdown waits 1 s.
     let mut a = ServerProc::start(
         "a",

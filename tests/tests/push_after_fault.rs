@@ -9,19 +9,13 @@
 //! sender's side are caught up (`CatchUp`) once the queue drained or the
 //! link is back.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use switchboard_tests::clients::Seen;
-use switchboard_tests::procs::{RelayProc, ServerProc};
+use switchboard_tests::procs::{RelayProc, ServerProc, any_port};
 use switchboard_tests::proxy::{Mode, Proxy};
 use switchboard_tests::{LineClient, RedisServer, WsClient, eventually, http_get, metric};
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
 
 /// The message id in `OK SENT <id> <seq>`.
 fn sent_id(line: &str) -> String {
@@ -60,7 +54,7 @@ async fn warm_up(from: &mut WsClient, to: &mut WsClient, to_user: &str) {
 /// one message from alice pushed to bob, so both links carry traffic.
 async fn alice_on_a_bob_on_b(
     redis: &RedisServer,
-    relay: std::net::SocketAddr,
+    relay: SocketAddr,
     a_flags: &[&str],
     b_flags: &[&str],
 ) -> (ServerProc, ServerProc, WsClient, WsClient) {
@@ -113,7 +107,7 @@ async fn unlinked(server: &ServerProc) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_stored_while_the_relay_was_away_is_pushed_when_a_new_relay_starts() {
     let redis = RedisServer::start();
-    let mut relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let mut relay = RelayProc::start(&redis.url(), any_port(), &[]);
     let (a, b, mut alice, mut bob) = alice_on_a_bob_on_b(&redis, relay.link, &[], &[]).await;
 
     let link = relay.link;
@@ -148,7 +142,7 @@ async fn a_message_stored_while_the_relay_was_away_is_pushed_when_a_new_relay_st
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_lost_with_a_broken_link_is_pushed_after_the_relink() {
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
     let proxy = Proxy::start(relay.link).await;
     let b_relay = proxy.addr().to_string();
     let (_a, _b, mut alice, mut bob) =
@@ -172,7 +166,7 @@ async fn a_frame_lost_with_a_broken_link_is_pushed_after_the_relink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_stored_after_redis_restarted_empty_is_pushed_to_a_live_session() {
     let mut redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
     let (_a, _b, mut alice, mut bob) = alice_on_a_bob_on_b(&redis, relay.link, &[], &[]).await;
 
     // Redis comes back with nothing: no sessions (so a does not know where
@@ -219,8 +213,8 @@ fn purges(page: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_cut_off_from_a_live_server_does_not_purge_it() {
     let redis = RedisServer::start();
-    let relay1 = RelayProc::start(&redis.url(), free_addr(), &["--relay-id", "r1"]);
-    let relay2 = RelayProc::start(&redis.url(), free_addr(), &["--relay-id", "r2"]);
+    let relay1 = RelayProc::start(&redis.url(), any_port(), &["--relay-id", "r1"]);
+    let relay2 = RelayProc::start(&redis.url(), any_port(), &["--relay-id", "r2"]);
     let p1 = Proxy::start(relay1.link).await;
     let p2 = Proxy::start(relay2.link).await;
     let (p1a, p2a) = (p1.addr().to_string(), p2.addr().to_string());
@@ -311,7 +305,7 @@ async fn redis_paused_mid_stream_answers_every_send_and_loses_nothing_acknowledg
     /// timeout is 5 s; what waited behind it goes out when Redis answers).
     const BOUND: Duration = Duration::from_secs(12);
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
     let a = ServerProc::start("a", &redis.url(), relay.link, &[]);
     a.wait_linked(1);
     let mut alice = WsClient::login(a.ws, "alice").await;
@@ -427,7 +421,7 @@ fn seq_of(line: &str) -> u64 {
 /// Returns the first seq sent, the last `OK SENT` line and when it came.
 async fn send_until_dropped(
     alice: &mut WsClient,
-    metrics_at: std::net::SocketAddr,
+    metrics_at: SocketAddr,
     series: &str,
 ) -> (u64, String, Instant) {
     // Big frames fill the socket buffers of the held link quickly.
@@ -503,7 +497,7 @@ async fn dropped_pushes_are_caught_up(full: FullQueue) {
     if full == FullQueue::Relay {
         relay_flags.extend(["--link-queue", "4"]);
     }
-    let relay = RelayProc::start(&redis.url(), free_addr(), &relay_flags);
+    let relay = RelayProc::start(&redis.url(), any_port(), &relay_flags);
     let proxy = Proxy::start(relay.link).await;
     let via_proxy = proxy.addr().to_string();
     let mut a_flags = vec!["--link-dead-after", "60s"];
@@ -566,7 +560,7 @@ async fn pushes_a_server_dropped_at_its_own_full_link_queue_are_caught_up_once_i
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_sent_while_only_the_senders_link_was_down_is_pushed_after_its_relink() {
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
     let proxy = Proxy::start(relay.link).await;
     let a_relay = proxy.addr().to_string();
     let (a, _b, mut alice, mut bob) =

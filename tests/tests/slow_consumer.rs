@@ -6,20 +6,14 @@
 //! printed, not asserted (no timed assertions in tests).
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use switchboard_tests::clients::Seen;
-use switchboard_tests::procs::{RelayProc, ServerProc};
+use switchboard_tests::procs::{RelayProc, ServerProc, any_port};
 use switchboard_tests::{LineClient, RedisServer, WsClient, http_get, metric};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
 
 /// Resident memory of a process, KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -123,7 +117,7 @@ async fn flood(addr: SocketAddr, to: String, size: usize, stop: CancellationToke
 async fn a_client_that_never_reads_is_closed_and_gets_everything_by_sync() {
     const SIZE: usize = 4096;
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
     let a = ServerProc::start(
         "a",
         &redis.url(),

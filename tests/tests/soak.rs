@@ -18,7 +18,7 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use switchboard_client::{Client, Config, Endpoint, Event};
 use switchboard_tests::RedisServer;
-use switchboard_tests::procs::{RelayProc, ServerProc};
+use switchboard_tests::procs::{RelayProc, ServerProc, any_port};
 use tokio::sync::Mutex;
 
 fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -34,12 +34,6 @@ fn env<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
 }
 
 fn open_fds(pid: u32) -> usize {
@@ -83,8 +77,8 @@ async fn soak() {
     std::fs::create_dir_all(&out).expect("output directory");
 
     let redis = RedisServer::start();
-    let link = free_addr();
-    let (a_ws, a_tcp, b_ws, b_tcp) = (free_addr(), free_addr(), free_addr(), free_addr());
+    let link = any_port();
+    let (a_ws, a_tcp, b_ws, b_tcp) = (any_port(), any_port(), any_port(), any_port());
     let relay_link = link.to_string();
     let start_server = |id: &str, ws: SocketAddr, tcp: SocketAddr| {
         let (ws, tcp) = (ws.to_string(), tcp.to_string());

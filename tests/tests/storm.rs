@@ -7,21 +7,14 @@
 //! 2,000; the 10,000 run is the same test with the variable set).
 
 use std::collections::HashSet;
-use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use switchboard_client::{Client, Config, Endpoint, Event};
 use switchboard_tests::RedisServer;
-use switchboard_tests::procs::{RelayProc, ServerProc};
+use switchboard_tests::procs::{RelayProc, ServerProc, any_port};
 use tokio::sync::Mutex;
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-}
 
 /// The soft limit on open files of this process.
 fn open_files_limit() -> usize {
@@ -90,7 +83,7 @@ async fn clients_of_a_killed_server_all_come_back_on_the_other_and_lose_nothing(
         "5000",
     ];
     let redis = RedisServer::start();
-    let relay = RelayProc::start(&redis.url(), free_addr(), &[]);
+    let relay = RelayProc::start(&redis.url(), any_port(), &[]);
     let mut a = ServerProc::start("a", &redis.url(), relay.link, &flags);
     let b = ServerProc::start("b", &redis.url(), relay.link, &flags);
     a.wait_linked(1);
