@@ -610,4 +610,64 @@ mod tests {
         assert_eq!(rx2.try_recv().ok(), Some(Frame::Ping(3)));
         assert_eq!(metrics.frames_to_relay.get(), 2);
     }
+
+    fn deliver(to: &str, user: &str) -> Frame {
+        Frame::Deliver {
+            to_server: to.into(),
+            user: user.into(),
+            seq: 1,
+            except: None,
+            msg: shared::link::DirectMsg {
+                id: "m".into(),
+                from: "x".into(),
+                to: user.into(),
+                ts: 1,
+                text: "hi".into(),
+            },
+        }
+    }
+
+    fn catch_up(to: &str, users: &[&str]) -> Frame {
+        Frame::CatchUp {
+            to_server: to.into(),
+            users: users.iter().map(|u| u.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_deliver_dropped_at_a_full_queue_is_written_down_for_that_slot() {
+        let links = Links::new(2, Metrics::default());
+        let (tx, mut rx) = mpsc::channel(2);
+        links.slots[0].tx.store(Some(Arc::new(tx)));
+        assert!(links.send_all(deliver("b", "ann")));
+        assert!(links.send_all(deliver("b", "ann")));
+        assert!(!links.send_all(deliver("b", "bob")));
+        // A transient TELL stores nothing: not written down.
+        assert!(!links.send(Frame::Tell {
+            to_server: "b".into(),
+            user: "cy".into(),
+            except: None,
+            msg: shared::link::DirectMsg {
+                id: "t".into(),
+                from: "x".into(),
+                to: "cy".into(),
+                ts: 1,
+                text: "psst".into(),
+            },
+        }));
+        assert!(!links.slots[1].missed.is_pending());
+        assert_eq!(links.slots[0].missed.take(), vec![catch_up("b", &["bob"])]);
+        assert!(rx.try_recv().is_ok() && rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn a_deliver_with_no_link_up_is_written_down_in_every_slot() {
+        let metrics = Metrics::default();
+        let links = Links::new(2, metrics.clone());
+        assert!(!links.send_all(deliver("b", "bob")));
+        assert_eq!(metrics.dropped_no_link.get(), 1);
+        for slot in &links.slots {
+            assert_eq!(slot.missed.take(), vec![catch_up("b", &["bob"])]);
+        }
+    }
 }
