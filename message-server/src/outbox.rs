@@ -5,8 +5,9 @@
 //! flag (slow consumer: close it), a *catch-up wanted* flag (a push may have
 //! been lost: read the inbox) and one waker slot, the session task's. It
 //! replaces a channel, a cancellation token and a `Notify` per session: a
-//! session costs one `Arc` allocation here, and an idle one holds no queue
-//! storage at all (the queue is given back when it empties after a burst).
+//! session costs one `Arc` allocation here, and an idle one holds a few
+//! queue slots at most (a queue that grew in a burst is given back once it
+//! empties).
 //!
 //! Producers never wait: [`Outbox::push`] refuses when the queue is full
 //! (the caller applies the slow-consumer rule, see
