@@ -409,6 +409,34 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn an_idle_line_connection_holds_no_buffer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut client) = tokio::io::duplex(1 << 16);
+        let mut conn = LineConn::new(ours, 64);
+        client.write_all(b"PING\r\nHE").await.expect("written");
+        assert!(matches!(conn.recv().await, Input::Text(t) if t == "PING"));
+        assert!(
+            conn.partial.capacity() > 0,
+            "half a line waits for the rest"
+        );
+        client.write_all(b"LP\n").await.expect("written");
+        assert!(matches!(conn.recv().await, Input::Text(t) if t == "HELP"));
+        assert_eq!(
+            conn.partial.capacity(),
+            0,
+            "the burst's buffer is given back"
+        );
+        conn.feed("PONG".to_owned()).await.expect("fed");
+        conn.flush().await.expect("flushed");
+        assert_eq!(conn.io.buffered(), (0, 0));
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"PONG\r\n");
+        drop(client);
+        assert!(matches!(conn.recv().await, Input::Closed));
+    }
+
     #[test]
     fn close_reasons_fit_a_control_frame() {
         let long = "é".repeat(100);

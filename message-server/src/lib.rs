@@ -23,10 +23,6 @@
 //! - [`state`]: what every task shares; [`socket`]: socket options;
 //! - [`web`]: the chat page at `/`, the JS client, `GET /servers` for browsers.
 
-// The session future, spawned unboxed (sized for itself), nests deeply
-// enough that proving it `Send` needs more than the default depth.
-#![recursion_limit = "256"]
-
 pub mod auth;
 pub mod cli;
 pub mod coalesce;
