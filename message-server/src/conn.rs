@@ -15,7 +15,9 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_util::codec::{Decoder, FramedRead, LinesCodec, LinesCodecError};
+use tokio_util::codec::{Decoder, LinesCodec, LinesCodecError};
+
+use crate::coalesce::Coalesce;
 
 /// After our close (frame or line) is written, how long we keep reading and
 /// discarding what the client still sends, until it closes too. Closing a
@@ -212,7 +214,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for WsConn<S> {
     }
 
     async fn flush(&mut self) -> Result<(), WriteError> {
-        self.ws.flush().await.map_err(|e| WriteError(e.to_string()))
+        let frames = self.ws.flush().await.map_err(|e| WriteError(e.to_string()));
+        // Once the peer's close is answered, tungstenite reports the
+        // connection closed and stops short of flushing the stream: its
+        // answer waits in the buffer below (see `coalesce`). Flushing an
+        // empty buffer costs nothing.
+        let stream = self
+            .ws
+            .get_mut()
+            .flush()
+            .await
+            .map_err(|e| WriteError(e.to_string()));
+        frames.and(stream)
     }
 
     async fn ping(&mut self) -> Result<(), WriteError> {
@@ -279,59 +292,77 @@ impl Decoder for BoundedLines {
     }
 }
 
-/// A telnet-style line connection: lines read through [`BoundedLines`],
-/// lines written through a small buffer of our own.
+/// A telnet-style line connection: lines cut by [`BoundedLines`] from
+/// bytes read through [`Coalesce`], lines written through it.
 ///
-/// Not `Framed`: it starts with 8 KiB buffers each way (even when given
-/// smaller ones), which would be most of an idle session's memory.
+/// Not `Framed`: it keeps 8 KiB buffers each way (even when given smaller
+/// ones), most of an idle session's memory. Here an idle line connection
+/// holds no buffer: the read buffer exists only while part of a line is
+/// waiting for the rest, the write buffer only until the flush.
 pub struct LineConn<S> {
-    reader: FramedRead<S, BoundedLines>,
-    out: Vec<u8>,
+    io: Coalesce<S>,
+    /// Bytes of a line not yet complete (empty: no storage).
+    partial: BytesMut,
+    codec: BoundedLines,
+    /// The client closed its side: what is left is decoded, then `Closed`.
+    eof: bool,
 }
-
-/// Output buffered above this is given back once written.
-const LINE_OUT_KEEP: usize = 4096;
 
 impl<S: AsyncRead + AsyncWrite> LineConn<S> {
     pub fn new(stream: S, max_line: usize) -> Self {
         LineConn {
-            reader: FramedRead::with_capacity(stream, BoundedLines::new(max_line), 512),
-            out: Vec::new(),
+            io: Coalesce::new(stream, b""),
+            partial: BytesMut::new(),
+            codec: BoundedLines::new(max_line),
+            eof: false,
         }
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for LineConn<S> {
     async fn recv(&mut self) -> Input {
-        match self.reader.next().await {
-            Some(Ok(Line::Text(s))) => Input::Text(s),
-            Some(Ok(Line::TooLong)) => Input::TooLong,
-            Some(Ok(Line::BadUtf8)) => Input::BadUtf8,
-            Some(Err(_)) | None => Input::Closed,
+        loop {
+            let item = if self.eof {
+                self.codec.decode_eof(&mut self.partial)
+            } else {
+                self.codec.decode(&mut self.partial)
+            };
+            match item {
+                Ok(Some(line)) => {
+                    if self.partial.is_empty() {
+                        // The burst is read: give its buffer back.
+                        self.partial = BytesMut::new();
+                    }
+                    return match line {
+                        Line::Text(s) => Input::Text(s),
+                        Line::TooLong => Input::TooLong,
+                        Line::BadUtf8 => Input::BadUtf8,
+                    };
+                }
+                Ok(None) if self.eof => return Input::Closed,
+                Ok(None) => {}
+                Err(_) => return Input::Closed,
+            }
+            match self.io.read_into(&mut self.partial).await {
+                Ok(0) => self.eof = true,
+                Ok(_) => {}
+                Err(_) => return Input::Closed,
+            }
         }
     }
 
     async fn feed(&mut self, text: String) -> Result<(), WriteError> {
-        self.out.reserve(text.len() + 2);
-        self.out.extend_from_slice(text.as_bytes());
-        self.out.extend_from_slice(b"\r\n");
-        Ok(())
+        let written = async {
+            self.io.write_all(text.as_bytes()).await?;
+            self.io.write_all(b"\r\n").await
+        };
+        written.await.map_err(|e| WriteError(e.to_string()))
     }
 
     async fn flush(&mut self) -> Result<(), WriteError> {
         // No read is in progress while a session writes (one task, one
         // select!), so the stream is ours to write to.
-        let stream = self.reader.get_mut();
-        let written = async {
-            stream.write_all(&self.out).await?;
-            stream.flush().await
-        };
-        let result = written.await.map_err(|e| WriteError(e.to_string()));
-        self.out.clear();
-        if self.out.capacity() > LINE_OUT_KEEP {
-            self.out = Vec::new();
-        }
-        result
+        self.io.flush().await.map_err(|e| WriteError(e.to_string()))
     }
 
     async fn ping(&mut self) -> Result<(), WriteError> {
@@ -349,9 +380,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Conn for LineConn<S> {
             let _ = self.feed(line).await;
             let _ = self.flush().await;
         }
-        let _ = self.reader.get_mut().shutdown().await;
+        let _ = self.io.shutdown().await;
         // Read until the client closes too (see CLOSE_LINGER).
-        let drain = async { while let Some(Ok(_)) = self.reader.next().await {} };
+        let drain = async { while !matches!(self.recv().await, Input::Closed) {} };
         let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
     }
 
@@ -376,6 +407,34 @@ mod tests {
             seen,
             ["TooLong", "Text(\"ok\")", "BadUtf8", "Text(\"last\")"]
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_line_connection_holds_no_buffer() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (ours, mut client) = tokio::io::duplex(1 << 16);
+        let mut conn = LineConn::new(ours, 64);
+        client.write_all(b"PING\r\nHE").await.expect("written");
+        assert!(matches!(conn.recv().await, Input::Text(t) if t == "PING"));
+        assert!(
+            conn.partial.capacity() > 0,
+            "half a line waits for the rest"
+        );
+        client.write_all(b"LP\n").await.expect("written");
+        assert!(matches!(conn.recv().await, Input::Text(t) if t == "HELP"));
+        assert_eq!(
+            conn.partial.capacity(),
+            0,
+            "the burst's buffer is given back"
+        );
+        conn.feed("PONG".to_owned()).await.expect("fed");
+        conn.flush().await.expect("flushed");
+        assert_eq!(conn.io.buffered(), (0, 0));
+        let mut got = [0u8; 6];
+        client.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"PONG\r\n");
+        drop(client);
+        assert!(matches!(conn.recv().await, Input::Closed));
     }
 
     #[test]

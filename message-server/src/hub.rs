@@ -1,7 +1,7 @@
 //! The sessions on this server, by user and by room, and the pushes to them.
 //!
-//! Each session owns a bounded queue ([`Out`]); the hub only ever
-//! `try_send`s into it. A session whose queue is full is too slow to keep
+//! Each session owns a bounded [`Outbox`] of [`Out`]s; the hub only ever
+//! pushes into it without waiting. A session whose queue is full is too slow to keep
 //! up: it is kicked (closed with 1008) rather than allowed to grow memory
 //! or stall everyone else. Its messages are safe in its inbox; it gets them
 //! back with `SYNC` when it reconnects.
@@ -12,18 +12,16 @@
 //! inbox from the last seq it wrote to the head and writes what it missed
 //! (see `session::catch_up`); [`Hub::catch_up_users`] wakes only the
 //! sessions of the users a full link queue dropped pushes for (a `CatchUp`
-//! frame from the relay). The wake-up is a [`Notify`] permit, not a
+//! frame from the relay). The wake-up is a flag in the outbox, not a
 //! queue item: it never fills a queue and several collapse into one.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use shared::client::Event;
 use shared::ids::SessionId;
-use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::CancellationToken;
-
-use crate::metrics::Metrics;
 
 /// What is queued for one session's writer.
 #[derive(Debug)]
@@ -40,44 +38,34 @@ pub enum Out {
     Sent(Box<(String, u64)>),
 }
 
-/// A handle on one local session.
+/// A handle on one local session: its id and its outbox (one allocation).
 #[derive(Debug, Clone)]
 pub struct SessionHandle {
     /// The session.
     pub id: SessionId,
-    /// Its outbound queue.
-    pub tx: mpsc::Sender<Out>,
-    /// Cancelled to close it as a slow consumer.
-    pub kick: CancellationToken,
-    /// Woken to catch up with the inbox after a fault.
-    pub catch_up: Arc<Notify>,
+    /// Its outbound queue, kick and catch-up signals.
+    pub outbox: Arc<Outbox>,
 }
 
 impl SessionHandle {
-    /// A handle on a new session's queue.
-    pub fn new(id: SessionId, tx: mpsc::Sender<Out>) -> SessionHandle {
+    /// A handle on a new session whose queue holds `queue_len` items.
+    pub fn new(id: SessionId, queue_len: usize) -> SessionHandle {
         SessionHandle {
             id,
-            tx,
-            kick: CancellationToken::new(),
-            catch_up: Arc::new(Notify::new()),
+            outbox: Arc::new(Outbox::new(queue_len)),
         }
     }
 
-    /// Queues `out`; kicks the session if its queue is full. Returns whether
-    /// it was queued.
+    /// Queues `out`; kicks the session (counted once) if its queue is full.
+    /// Returns whether it was queued.
     pub fn push(&self, out: Out, metrics: &Metrics) -> bool {
-        match self.tx.try_send(out) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if !self.kick.is_cancelled() {
-                    metrics.slow_consumers.inc();
-                    self.kick.cancel();
-                }
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        if self.outbox.push(out) {
+            return true;
         }
+        if self.outbox.kick() {
+            metrics.slow_consumers.inc();
+        }
+        false
     }
 }
 
@@ -178,7 +166,7 @@ impl Hub {
         let inner = self.lock();
         let mut n = 0;
         for h in inner.users.values().flatten() {
-            h.catch_up.notify_one();
+            h.outbox.catch_up();
             n += 1;
         }
         self.metrics.catch_ups.inc();
@@ -196,7 +184,7 @@ impl Hub {
         let inner = self.lock();
         let mut n = 0;
         for h in users.iter().filter_map(|u| inner.users.get(u)).flatten() {
-            h.catch_up.notify_one();
+            h.outbox.catch_up();
             n += 1;
         }
         self.metrics.catch_ups.inc();
@@ -272,9 +260,10 @@ mod tests {
     use super::*;
     use shared::link::RoomMsg;
 
-    fn handle(id: u64, cap: usize) -> (SessionHandle, mpsc::Receiver<Out>) {
-        let (tx, rx) = mpsc::channel(cap);
-        (SessionHandle::new(SessionId(id), tx), rx)
+    fn handle(id: u64, cap: usize) -> (SessionHandle, Arc<Outbox>) {
+        let h = SessionHandle::new(SessionId(id), cap);
+        let outbox = Arc::clone(&h.outbox);
+        (h, outbox)
     }
 
     fn event() -> Arc<Event> {
@@ -290,13 +279,13 @@ mod tests {
     #[test]
     fn pushes_reach_every_session_but_the_excepted_one() {
         let hub = Hub::new(Metrics::default());
-        let (a1, mut r1) = handle(1, 4);
-        let (a2, mut r2) = handle(2, 4);
+        let (a1, r1) = handle(1, 4);
+        let (a2, r2) = handle(2, 4);
         hub.add("alice", a1);
         hub.add("alice", a2);
         assert_eq!(hub.push_user("alice", &event(), Some(SessionId(1))), 1);
-        assert!(r1.try_recv().is_err());
-        assert!(r2.try_recv().is_ok());
+        assert!(r1.try_pop().is_none());
+        assert!(r2.try_pop().is_some());
         assert_eq!(hub.count("alice"), 2);
         hub.remove("alice", SessionId(1), &[]);
         assert_eq!(hub.count("alice"), 1);
@@ -311,13 +300,30 @@ mod tests {
     fn a_full_queue_kicks_the_session() {
         let metrics = Metrics::default();
         let hub = Hub::new(metrics.clone());
-        let (h, _rx) = handle(1, 1);
-        let kick = h.kick.clone();
+        let (h, outbox) = handle(1, 1);
         hub.add("bob", h);
         assert_eq!(hub.push_user("bob", &event(), None), 1);
         assert_eq!(hub.push_user("bob", &event(), None), 0);
-        assert!(kick.is_cancelled());
-        assert_eq!(metrics.slow_consumers.get(), 1);
+        assert_eq!(hub.push_user("bob", &event(), None), 0);
+        assert!(outbox.is_kicked());
+        assert_eq!(metrics.slow_consumers.get(), 1, "counted once");
+    }
+
+    #[test]
+    fn catch_up_all_wakes_every_session() {
+        let hub = Hub::new(Metrics::default());
+        let (a, oa) = handle(1, 4);
+        let (b, ob) = handle(2, 4);
+        hub.add("alice", a);
+        hub.add("bob", b);
+        assert_eq!(hub.catch_up_all(), 2);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        for o in [oa, ob] {
+            assert!(matches!(
+                o.poll_next(&mut cx, true),
+                std::task::Poll::Ready(crate::outbox::Next::CatchUp)
+            ));
+        }
     }
 
     #[test]

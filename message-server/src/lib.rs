@@ -6,9 +6,12 @@
 //! - [`config`]: flags, environment variables, limits;
 //! - [`listen`]: the WebSocket/HTTP port and the telnet port, the cap;
 //! - [`conn`]: one client connection as text in / text out, close codes;
+//!   [`coalesce`]: the socket wrapper under it that holds no buffer while
+//!   idle and gathers a batch of writes into one;
 //! - [`session`]: one task per connection (its lifecycle), with its
 //!   [`session::replay`] (login replay, `SYNC`) and commands;
-//! - [`hub`]: local sessions by user and room, bounded pushes;
+//! - [`hub`]: local sessions by user and room, bounded pushes into each
+//!   session's [`outbox`];
 //! - [`router`]: the ordered store-then-route pipeline;
 //! - [`store`]: inboxes, sequence numbers, cursors, room history (Redis);
 //! - [`directory`]: sessions and the server registry in Redis;
@@ -22,6 +25,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod conn;
 pub mod db;
@@ -30,6 +34,7 @@ pub mod hub;
 pub mod limits;
 pub mod listen;
 pub mod metrics;
+pub mod outbox;
 pub mod relay_link;
 pub mod router;
 pub mod session;

@@ -6,7 +6,8 @@
 //! Accept loops never end on an error: [`entry::accept::Acceptor`] (the one
 //! accept step both binaries use) logs it, backs off (shutdown interrupts
 //! the wait) and goes on. Handshakes (TLS, HTTP) happen in the connection's
-//! own task.
+//! own task, a short one: the session that follows is spawned as a task of
+//! its own, sized for the session alone.
 
 pub mod http;
 pub mod tcp;
@@ -27,15 +28,14 @@ use crate::state::State;
 /// is about a kilobyte, and every plain connection would carry its size).
 pub type ClientIo = Either<TcpStream, Box<tls_config::server::TlsStream<TcpStream>>>;
 
-/// One connection being served (boxed: it is stored in a task either way).
-pub type Serving = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-
 /// Time a client has to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts on `listener` until shutdown. Each connection gets its own task:
-/// socket options, the TLS handshake when configured, then `serve`.
-pub async fn accept_loop<F>(
+/// socket options, then `serve`; with TLS, a short task does the handshake
+/// first and then spawns `serve` as a task of its own, so the connection's
+/// long-lived future does not carry the handshake's space.
+pub async fn accept_loop<F, Fut>(
     listener: TcpListener,
     what: &'static str,
     state: Arc<State>,
@@ -43,30 +43,29 @@ pub async fn accept_loop<F>(
     tracker: TaskTracker,
     serve: F,
 ) where
-    F: Fn(ClientIo, SocketAddr, Arc<State>) -> Serving + Send + Sync + 'static,
+    F: Fn(ClientIo, SocketAddr, Arc<State>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     let serve = Arc::new(serve);
     let mut acceptor = entry::accept::Acceptor::new(listener, what);
     let shutdown = state.shutdown.clone();
     while let Some((stream, peer)) = acceptor.next(&shutdown).await {
-        let (state, tls, serve) = (Arc::clone(&state), tls.clone(), Arc::clone(&serve));
+        let _ = stream.set_nodelay(true);
+        crate::socket::keepalive(&stream, state.limits.tcp_keepalive);
+        let state = Arc::clone(&state);
+        let Some(acceptor) = tls.clone() else {
+            tracker.spawn(serve(Either::Left(stream), peer, state));
+            continue;
+        };
+        let (serve, sessions) = (Arc::clone(&serve), tracker.clone());
         tracker.spawn(async move {
-            let _ = stream.set_nodelay(true);
-            crate::socket::keepalive(&stream, state.limits.tcp_keepalive);
-            let io = match tls {
-                None => Either::Left(stream),
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls_stream)) => Either::Right(Box::new(tls_stream)),
-                        Ok(Err(e)) => {
-                            return tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        }
-                        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls_stream)) => {
+                    sessions.spawn(serve(Either::Right(Box::new(tls_stream)), peer, state));
                 }
-            };
-            serve(io, peer, state).await;
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
         });
     }
 }

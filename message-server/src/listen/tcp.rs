@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use futures_util::future::Either;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
@@ -20,33 +21,38 @@ pub async fn accept_loop(
     tls: Option<tls_config::TlsAcceptor>,
     tracker: TaskTracker,
 ) {
-    super::accept_loop(listener, "tcp", state, tls, tracker, |io, peer, state| {
-        Box::pin(serve(io, peer, state))
-    })
-    .await;
+    super::accept_loop(listener, "tcp", state, tls, tracker, serve).await;
 }
 
-async fn serve(mut stream: ClientIo, peer: SocketAddr, state: Arc<State>) {
-    let admission = match state.admit(peer.ip()) {
-        Ok(a) => a,
-        Err(refusal) => {
-            let line = match refusal {
-                Refusal::Full => {
-                    state.metrics.refused_full.inc();
-                    match state.directory.alternatives().first() {
-                        Some(s) => format!("ERR full try {}\r\n", s.tcp),
-                        None => "ERR full try later: no server has room\r\n".to_owned(),
-                    }
-                }
-                Refusal::TooManyFromAddress => {
-                    "ERR limit too many connections from your address\r\n".to_owned()
-                }
-            };
-            let _ = stream.write_all(line.as_bytes()).await;
-            let _ = stream.shutdown().await;
-            return;
+/// The connection's future: its session, or the refusal at the cap. A plain
+/// function, so the long-lived session future is spawned as it is, with
+/// nothing of this step around it.
+fn serve(stream: ClientIo, peer: SocketAddr, state: Arc<State>) -> impl Future<Output = ()> + Send {
+    match state.admit(peer.ip()) {
+        Ok(admission) => {
+            let conn = LineConn::new(stream, state.limits.max_message);
+            let session = session::run(conn, state, peer, None, admission);
+            tracing::trace!(bytes = std::mem::size_of_val(&session), "session future");
+            Either::Left(session)
+        }
+        Err(refusal) => Either::Right(refuse(stream, refusal, state)),
+    }
+}
+
+/// Tells a client it was not admitted, and why, then closes.
+async fn refuse(mut stream: ClientIo, refusal: Refusal, state: Arc<State>) {
+    let line = match refusal {
+        Refusal::Full => {
+            state.metrics.refused_full.inc();
+            match state.directory.alternatives().first() {
+                Some(s) => format!("ERR full try {}\r\n", s.tcp),
+                None => "ERR full try later: no server has room\r\n".to_owned(),
+            }
+        }
+        Refusal::TooManyFromAddress => {
+            "ERR limit too many connections from your address\r\n".to_owned()
         }
     };
-    let conn = LineConn::new(stream, state.limits.max_message);
-    session::run(conn, state, peer, None, admission).await;
+    let _ = stream.write_all(line.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }

@@ -5,7 +5,8 @@
 //! The upgrade is checked by hand (RFC 6455 section 4.2.1) so that refusals
 //! are real HTTP answers: 503 with alternatives at the cap, 400 for a
 //! malformed upgrade. After the 101 the socket becomes a tungstenite stream
-//! with small buffers and the message limits from the configuration.
+//! over [`Coalesce`] with small buffers and the message limits from the
+//! configuration, and the session is spawned as its own task.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,30 +30,28 @@ use tokio_util::task::TaskTracker;
 
 use super::ClientIo;
 use super::http::{self, Body};
+use crate::coalesce::Coalesce;
 use crate::conn::{self, Close, WsConn};
 use crate::session::{self, HandshakeLogin};
 use crate::state::{Admission, Refusal, State};
 
-/// Frames fed to a connection are written to its socket once this many
-/// bytes are buffered, or at the flush that ends each batch: one `write`
-/// per batch of pushes and answers instead of one per frame.
-pub const WS_WRITE_COALESCE: usize = 16 * 1024;
+/// tungstenite's read buffer: it is kept for the connection's life, so it
+/// is small; a larger frame gets its whole length reserved while it is
+/// read, and the socket is read in [`crate::coalesce::READ_CHUNK`]s below
+/// it, so a burst still costs one `read`.
+const WS_READ_BUFFER: usize = 128;
 
-/// The WebSocket settings every connection gets: small buffers (the
-/// defaults cost ~128 KiB per idle connection; a 512-byte read buffer holds
-/// a chat message, and a larger frame gets its whole length reserved),
-/// writes coalesced up to [`WS_WRITE_COALESCE`] (the buffer starts empty and
-/// only grows on a connection that is sent to), the configured size limits.
+/// The WebSocket settings every connection gets: a small read buffer (the
+/// defaults cost ~128 KiB per idle connection), no write buffer in
+/// tungstenite (each frame goes straight down to [`Coalesce`], which
+/// gathers a batch into one `write` and holds nothing once it is flushed),
+/// the configured size limits. `max_write_buffer_size` bounds what
+/// tungstenite holds while the socket does not take more.
 pub fn ws_config(max_message: usize) -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(512)
-        .write_buffer_size(WS_WRITE_COALESCE)
-        .max_write_buffer_size(
-            max_message
-                .saturating_mul(4)
-                .max(64 * 1024)
-                .max(WS_WRITE_COALESCE + max_message + 1),
-        )
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_write_buffer_size(max_message.saturating_mul(4).max(64 * 1024))
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message))
 }
@@ -71,7 +70,7 @@ pub async fn accept_loop(
         state,
         tls,
         tracker,
-        move |io, peer, state| Box::pin(serve(io, peer, state, t.clone())),
+        move |io, peer, state| serve(io, peer, state, t.clone()),
     )
     .await;
 }
@@ -220,25 +219,29 @@ fn upgrade(
         );
     };
     let on_upgrade = hyper::upgrade::on(&mut req);
+    // A short task waits for the upgrade, then spawns the session as a task
+    // of its own: the long-lived future carries nothing of the handshake.
+    let sessions = tracker.clone();
     tracker.spawn(async move {
-        match on_upgrade.await {
-            Ok(upgraded) => {
-                let config = ws_config(state.limits.max_message);
-                let ws = WebSocketStream::from_raw_socket(
-                    TokioIo::new(upgraded),
-                    Role::Server,
-                    Some(config),
-                )
-                .await;
-                match endpoint {
-                    Endpoint::Chat => {
-                        session::run(WsConn::new(ws), state, peer, login, admission).await
-                    }
-                    Endpoint::Echo => echo(ws, state, admission).await,
-                }
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => return tracing::debug!(%peer, error = %e, "upgrade failed"),
+        };
+        // Back to our own socket: hyper's boxed wrapper is not kept.
+        let Ok(parts) = upgraded.downcast::<TokioIo<ClientIo>>() else {
+            return tracing::warn!(%peer, "upgraded connection of an unexpected type");
+        };
+        let io = Coalesce::new(parts.io.into_inner(), &parts.read_buf);
+        let config = ws_config(state.limits.max_message);
+        let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
+        match endpoint {
+            Endpoint::Chat => {
+                let session = session::run(WsConn::new(ws), state, peer, login, admission);
+                tracing::trace!(bytes = std::mem::size_of_val(&session), "session future");
+                sessions.spawn(session)
             }
-            Err(e) => tracing::debug!(%peer, error = %e, "upgrade failed"),
-        }
+            Endpoint::Echo => sessions.spawn(echo(ws, state, admission)),
+        };
     });
     let mut resp = http::respond(StatusCode::SWITCHING_PROTOCOLS, "text/plain", "");
     resp.headers_mut().remove(header::CONTENT_TYPE);
@@ -251,7 +254,7 @@ fn upgrade(
 
 /// `user`, `token` and `device` from the query, or a bearer token from the
 /// `Authorization` header.
-fn handshake_login(req: &Request<Incoming>) -> Option<HandshakeLogin> {
+fn handshake_login(req: &Request<Incoming>) -> Option<Box<HandshakeLogin>> {
     let mut login = HandshakeLogin::default();
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match &*k {
@@ -269,7 +272,7 @@ fn handshake_login(req: &Request<Incoming>) -> Option<HandshakeLogin> {
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(|t| t.trim().to_owned());
     }
-    (!login.user.is_empty()).then_some(login)
+    (!login.user.is_empty()).then(|| Box::new(login))
 }
 
 /// The echo endpoint: every text or binary message comes back; limits and
@@ -293,6 +296,8 @@ where
                 }
                 Some(Ok(Message::Close(_))) | None => {
                     let _ = ws.flush().await;
+                    // The answer to the peer's close waits below (see `WsConn::flush`).
+                    let _ = tokio::io::AsyncWriteExt::flush(ws.get_mut()).await;
                     break;
                 }
                 Some(Ok(_)) => {}

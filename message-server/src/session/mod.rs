@@ -4,11 +4,18 @@
 //! This module is the lifecycle only; what each command does is in
 //! `commands`, and the inbox replay (login and `SYNC`) in [`replay`].
 //!
-//! The loop `select!`s over shutdown, a slow-consumer kick, the outbound
-//! queue (fed in a batch, flushed once), the next input, the keep-alive ping
-//! and the idle deadline. A command that needs Redis is awaited in place
-//! (this session waits, no other does); a `SEND` is handed to the router and
-//! answered from there once stored.
+//! The loop `select!`s over shutdown, the session's [`Outbox`] (a
+//! slow-consumer kick, a catch-up wake-up, or queued output, fed in a batch
+//! and flushed once), the next input, and one timer for both the keep-alive
+//! ping and the idle deadline. A command that needs Redis is awaited in
+//! place (this session waits, no other does); a `SEND` is handed to the
+//! router and answered from there once stored.
+//!
+//! This future lives as long as the connection, so it is kept small: the
+//! shutdown wait is made once, not per turn of the loop; everything that
+//! is not waiting on the socket or the outbox (commands, batches of writes,
+//! catch-ups, the close) is boxed, so an idle session carries only the
+//! space of its wait.
 //!
 //! The session remembers the last inbox seq it wrote (`pushed_upto`, with
 //! the few written past a hole in `ahead`): a push at or below it is a
@@ -25,7 +32,6 @@ use std::time::Duration;
 
 use shared::client::{ClientError, Command, Encoding, ErrCode, Event, Reply, Request};
 use shared::link::Frame;
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -35,6 +41,7 @@ pub mod replay;
 use crate::conn::{Close, Conn, Input, code};
 use crate::hub::{Out, SessionHandle};
 use crate::limits::{RateLimiter, Verdict};
+use crate::outbox::{Next, Outbox};
 use crate::state::{Admission, State};
 
 /// Queued outputs written per flush.
@@ -85,22 +92,27 @@ enum Flow {
     Quit(Encoding, Option<String>),
 }
 
-/// Runs one connection to its end. `permit` is its place under the cap.
-pub async fn run<C: Conn>(
+/// Runs one connection to its end. `admission` is its place under the cap.
+///
+/// A plain function returning the connection's future: the session is
+/// built here, before the future exists, and the future owns each part
+/// once (an `async fn` would keep its arguments beside the parts made from
+/// them for the connection's whole life).
+pub fn run<C: Conn>(
     mut conn: C,
     state: Arc<State>,
     peer: SocketAddr,
-    login: Option<HandshakeLogin>,
+    login: Option<Box<HandshakeLogin>>,
     admission: Admission,
-) {
-    let (tx, rx) = mpsc::channel(state.limits.session_queue.max(1));
+) -> impl Future<Output = ()> + Send {
     let id = state.ids.session();
     // A debug span: free at the default info level (an info span costs about
     // 600 bytes per idle connection); the warnings below name the session.
     let span = tracing::debug_span!("session", server = %state.identity.server_id, session = %id, %peer, user = tracing::field::Empty);
-    let handle = SessionHandle::new(id, tx);
+    let handle = SessionHandle::new(id, state.limits.session_queue);
+    let rate = RateLimiter::new(state.limits.rate_limit, state.limits.rate_burst);
     let mut session = Session {
-        state: Arc::clone(&state),
+        state,
         handle,
         user: None,
         device: "default".to_owned(),
@@ -113,12 +125,19 @@ pub async fn run<C: Conn>(
         last_written: None,
         catch_up_failed: false,
         last_heard: Instant::now(),
-        rate: RateLimiter::new(state.limits.rate_limit, state.limits.rate_burst),
+        rate,
         pending: 0,
     };
-    state.metrics.connections.inc();
-    async {
-        let close = session.serve(&mut conn, rx, login).await;
+    async move {
+        session.state.metrics.connections.inc();
+        let close = match login {
+            Some(l) => Box::pin(session.login_at_handshake(&mut conn, *l)).await,
+            None => None,
+        };
+        let close = match close {
+            Some(close) => close,
+            None => session.serve(&mut conn).await,
+        };
         if let Some(close) = close {
             tracing::debug!(code = close.code, reason = %close.reason, "closing");
             let _ = Box::pin(tokio::time::timeout(
@@ -127,22 +146,96 @@ pub async fn run<C: Conn>(
             ))
             .await;
         }
+        session.handle.outbox.close();
         Box::pin(session.cleanup()).await;
+        session.state.metrics.connections.dec();
+        drop(admission);
     }
     .instrument(span)
-    .await;
-    state.metrics.connections.dec();
-    drop(admission);
 }
 
 impl Session {
-    async fn serve<C: Conn>(
+    /// The session's loop, until it ends; `Some(close)`: close it this way.
+    async fn serve<C: Conn>(&mut self, conn: &mut C) -> Option<Close> {
+        // The state, not a copy of the limits: this future lives as long as
+        // the connection, so every byte in it counts.
+        let state = Arc::clone(&self.state);
+        let limits = &state.limits;
+        let max_pending = (limits.session_queue / 2).max(1);
+        let outbox = Arc::clone(&self.handle.outbox);
+        let shutdown = state.shutdown.cancelled();
+        tokio::pin!(shutdown);
+        // One timer for the ping and the idle deadline: it fires at the
+        // earlier of the two and is set again from what is due then. Input
+        // only moves `last_heard`; the timer is not touched per line.
+        let mut ping_due = Instant::now() + limits.ping_interval;
+        let timer = tokio::time::sleep_until(self.wake_at(conn.has_ping(), ping_due));
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => {
+                    return Some(Close::new(code::GOING_AWAY, None, "server shutting down"));
+                }
+                next = outbox.next(self.user.is_some()) => match next {
+                    Next::Kicked => {
+                        return Some(Close::new(code::POLICY, Some(ErrCode::Limit), "too slow: pushes were not read in time"));
+                    }
+                    Next::CatchUp => {
+                        if let Err(e) = Box::pin(self.catch_up(conn)).await {
+                            tracing::debug!(error = %e, "write failed");
+                            return None;
+                        }
+                    }
+                    Next::Item(out) => {
+                        if let Err(e) = Box::pin(self.write_batch(conn, out, &outbox)).await {
+                            tracing::debug!(error = %e, "write failed");
+                            return None;
+                        }
+                    }
+                },
+                // A client with many sends in flight is not read until their
+                // answers are written: its own replies can never overflow its
+                // queue, and the backpressure reaches its socket.
+                input = conn.recv(), if self.pending < max_pending => {
+                    self.last_heard = Instant::now();
+                    if let Some(end) = Box::pin(self.on_input(conn, input, &outbox)).await {
+                        return end;
+                    }
+                }
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if now >= self.last_heard + self.idle_limit() {
+                        let reason = if self.user.is_some() { "idle timeout" } else { "no login in time" };
+                        return Some(Close::new(code::GOING_AWAY, Some(ErrCode::Limit), reason));
+                    }
+                    if conn.has_ping() && now >= ping_due {
+                        if Box::pin(conn.ping()).await.is_err() {
+                            return None;
+                        }
+                        ping_due = Instant::now() + limits.ping_interval;
+                    }
+                    timer.as_mut().reset(self.wake_at(conn.has_ping(), ping_due));
+                }
+            }
+        }
+    }
+
+    /// When the session's one timer should fire next: the idle deadline, or
+    /// the next ping if that comes first.
+    fn wake_at(&self, pings: bool, ping_due: Instant) -> Instant {
+        let idle = self.last_heard + self.idle_limit();
+        if pings { idle.min(ping_due) } else { idle }
+    }
+
+    /// The login asked for at the WebSocket handshake. `Some(end)`: the
+    /// session ends (`end` is its close).
+    async fn login_at_handshake<C: Conn>(
         &mut self,
         conn: &mut C,
-        mut rx: mpsc::Receiver<Out>,
-        login: Option<HandshakeLogin>,
-    ) -> Option<Close> {
-        if let Some(l) = login {
+        l: HandshakeLogin,
+    ) -> Option<Option<Close>> {
+        {
             let req = Request {
                 cmd: Command::Login {
                     user: l.user,
@@ -153,125 +246,110 @@ impl Session {
                 cid: None,
             };
             if let Flow::Close(c) = Box::pin(self.apply(conn, req)).await {
-                return Some(c);
+                return Some(Some(c));
             }
             if self.user.is_none() {
                 let _ = conn.flush().await;
-                return Some(Close::new(
+                return Some(Some(Close::new(
                     code::POLICY,
                     Some(ErrCode::Auth),
                     "login at handshake failed",
-                ));
+                )));
             }
             if conn.flush().await.is_err() {
-                return None;
+                return Some(None);
             }
         }
-        // The state, not a copy of the limits: this future lives as long as
-        // the connection, so every byte in it counts.
+        None
+    }
+
+    /// One input from the client: rate-limited, handled, answers flushed.
+    /// `Some(end)`: the session ends (`end` is its close).
+    async fn on_input<C: Conn>(
+        &mut self,
+        conn: &mut C,
+        input: Input,
+        outbox: &Outbox,
+    ) -> Option<Option<Close>> {
         let state = Arc::clone(&self.state);
         let limits = &state.limits;
-        let max_pending = (limits.session_queue / 2).max(1);
-        let kick = self.handle.kick.clone();
-        let catch_up = Arc::clone(&self.handle.catch_up);
-        let shutdown = self.state.shutdown.clone();
-        let idle = tokio::time::sleep(self.idle_limit());
-        tokio::pin!(idle);
-        let ping = tokio::time::sleep(limits.ping_interval);
-        tokio::pin!(ping);
-        loop {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    return Some(Close::new(code::GOING_AWAY, None, "server shutting down"));
-                }
-                _ = kick.cancelled() => {
-                    return Some(Close::new(code::POLICY, Some(ErrCode::Limit), "too slow: pushes were not read in time"));
-                }
-                () = catch_up.notified(), if self.user.is_some() => {
-                    if let Err(e) = Box::pin(self.catch_up(conn)).await {
-                        tracing::debug!(error = %e, "write failed");
-                        return None;
-                    }
-                }
-                out = rx.recv() => {
-                    let out = out?;
-                    if let Err(e) = Box::pin(self.write_batch(conn, out, &mut rx)).await {
-                        tracing::debug!(error = %e, "write failed");
-                        return None;
-                    }
-                }
-                // A client with many sends in flight is not read until their
-                // answers are written: its own replies can never overflow its
-                // queue, and the backpressure reaches its socket.
-                input = conn.recv(), if self.pending < max_pending => {
-                    self.last_heard = Instant::now();
-                    if matches!(input, Input::Text(_) | Input::TooLong | Input::BadUtf8) {
-                        match self.rate.check() {
-                            Verdict::Allow => {}
-                            Verdict::Refuse => {
-                                let err = ClientError::new(ErrCode::Rate, format!(
-                                    "slow down: over {} commands per second; command dropped",
-                                    limits.rate_limit,
-                                ));
-                                let enc = match &input { Input::Text(t) if t.trim_start().starts_with('{') => Encoding::Json, _ => Encoding::Text };
-                                if let Flow::Close(c) = self.answer(conn, enc, None, err.into()).await {
-                                    return Some(c);
-                                }
-                                if conn.flush().await.is_err() {
-                                    return None;
-                                }
-                                continue;
-                            }
-                            Verdict::Close => {
-                                return Some(Close::new(code::POLICY, Some(ErrCode::Rate), "rate limit exceeded again and again"));
-                            }
-                        }
-                    }
-                    let flow = match input {
-                        // Boxed: command handling is the deepest future here, and an
-                        // idle session should not carry its space.
-                        Input::Text(text) => Box::pin(self.input(conn, &text)).await,
-                        Input::TooLong => self.answer(conn, Encoding::Text, None, ClientError::new(
-                            ErrCode::TooLong,
-                            format!("line is over the limit of {} bytes and was skipped", limits.max_message),
-                        ).into()).await,
-                        Input::BadUtf8 => self.answer(conn, Encoding::Text, None, ClientError::new(
-                            ErrCode::Syntax, "line is not valid UTF-8 and was skipped",
-                        ).into()).await,
-                        Input::Activity => Flow::Continue,
-                        Input::Closed => {
-                            // Sends the close reply tungstenite queued, if any.
-                            let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
-                            return None;
-                        }
-                        Input::Fatal(close) => return Some(close),
+        if matches!(input, Input::Text(_) | Input::TooLong | Input::BadUtf8) {
+            match self.rate.check() {
+                Verdict::Allow => {}
+                Verdict::Refuse => {
+                    let err = ClientError::new(
+                        ErrCode::Rate,
+                        format!(
+                            "slow down: over {} commands per second; command dropped",
+                            limits.rate_limit,
+                        ),
+                    );
+                    let enc = match &input {
+                        Input::Text(t) if t.trim_start().starts_with('{') => Encoding::Json,
+                        _ => Encoding::Text,
                     };
-                    match flow {
-                        Flow::Continue => {}
-                        Flow::Close(c) => return Some(c),
-                        Flow::Quit(enc, cid) => return Some(Box::pin(self.quit(conn, &mut rx, enc, cid)).await),
+                    if let Flow::Close(c) = self.answer(conn, enc, None, err.into()).await {
+                        return Some(Some(c));
                     }
                     if conn.flush().await.is_err() {
-                        return None;
+                        return Some(None);
                     }
+                    return None;
                 }
-                () = &mut ping, if conn.has_ping() => {
-                    if conn.ping().await.is_err() {
-                        return None;
-                    }
-                    ping.as_mut().reset(Instant::now() + limits.ping_interval);
-                }
-                () = &mut idle => {
-                    let deadline = self.last_heard + self.idle_limit();
-                    if Instant::now() >= deadline {
-                        let reason = if self.user.is_some() { "idle timeout" } else { "no login in time" };
-                        return Some(Close::new(code::GOING_AWAY, Some(ErrCode::Limit), reason));
-                    }
-                    idle.as_mut().reset(deadline);
+                Verdict::Close => {
+                    return Some(Some(Close::new(
+                        code::POLICY,
+                        Some(ErrCode::Rate),
+                        "rate limit exceeded again and again",
+                    )));
                 }
             }
         }
+        let flow = match input {
+            Input::Text(text) => self.input(conn, &text).await,
+            Input::TooLong => {
+                self.answer(
+                    conn,
+                    Encoding::Text,
+                    None,
+                    ClientError::new(
+                        ErrCode::TooLong,
+                        format!(
+                            "line is over the limit of {} bytes and was skipped",
+                            limits.max_message
+                        ),
+                    )
+                    .into(),
+                )
+                .await
+            }
+            Input::BadUtf8 => {
+                self.answer(
+                    conn,
+                    Encoding::Text,
+                    None,
+                    ClientError::new(ErrCode::Syntax, "line is not valid UTF-8 and was skipped")
+                        .into(),
+                )
+                .await
+            }
+            Input::Activity => Flow::Continue,
+            Input::Closed => {
+                // Sends the close reply tungstenite queued, if any.
+                let _ = tokio::time::timeout(Duration::from_secs(1), conn.flush()).await;
+                return Some(None);
+            }
+            Input::Fatal(close) => return Some(Some(close)),
+        };
+        match flow {
+            Flow::Continue => {}
+            Flow::Close(c) => return Some(Some(c)),
+            Flow::Quit(enc, cid) => return Some(Some(self.quit(conn, outbox, enc, cid).await)),
+        }
+        if conn.flush().await.is_err() {
+            return Some(None);
+        }
+        None
     }
 
     /// `QUIT`: the answers to sends still being stored come first (for at
@@ -279,19 +357,19 @@ impl Session {
     async fn quit<C: Conn>(
         &mut self,
         conn: &mut C,
-        rx: &mut mpsc::Receiver<Out>,
+        outbox: &Outbox,
         enc: Encoding,
         cid: Option<String>,
     ) -> Close {
         let deadline = Instant::now() + self.state.limits.write_timeout;
         while self.pending > 0 {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(out)) => {
+            match tokio::time::timeout_at(deadline, outbox.next(false)).await {
+                Ok(Next::Item(out)) => {
                     if self.write_out(conn, out).await.is_err() {
                         break;
                     }
                 }
-                Ok(None) | Err(_) => break,
+                Ok(Next::Kicked | Next::CatchUp) | Err(_) => break,
             }
         }
         let _ = self.answer(conn, enc, cid.as_deref(), Reply::Bye).await;
@@ -315,15 +393,15 @@ impl Session {
         &mut self,
         conn: &mut C,
         first: Out,
-        rx: &mut mpsc::Receiver<Out>,
+        outbox: &Outbox,
     ) -> Result<(), crate::conn::WriteError> {
         let write_timeout = self.state.limits.write_timeout;
         let work = async {
             self.write_out(conn, first).await?;
             for _ in 0..WRITE_BATCH {
-                match rx.try_recv() {
-                    Ok(out) => self.write_out(conn, out).await?,
-                    Err(_) => break,
+                match outbox.try_pop() {
+                    Some(out) => self.write_out(conn, out).await?,
+                    None => break,
                 }
             }
             conn.flush().await
