@@ -44,6 +44,13 @@ pub struct Metrics {
     pub catch_ups: Counter,
     /// Inbox messages a catch-up wrote that no push had brought.
     pub caught_up: Counter,
+    /// `TELL` lookups the presence cache answered.
+    pub presence_hits: Counter,
+    /// `TELL` lookups that read Redis (not cached, or too old).
+    pub presence_misses: Counter,
+    /// Presence cache entries dropped by a login elsewhere, or the whole
+    /// cache by a relay link that came up.
+    pub presence_invalidations: Counter,
 }
 
 impl Metrics {
@@ -125,6 +132,21 @@ impl Metrics {
             "caught_up",
             "Inbox messages written by a catch-up that no push had brought",
             self.caught_up.clone(),
+        );
+        r.register(
+            "presence_hits",
+            "TELL lookups answered by the presence cache",
+            self.presence_hits.clone(),
+        );
+        r.register(
+            "presence_misses",
+            "TELL lookups that read Redis",
+            self.presence_misses.clone(),
+        );
+        r.register(
+            "presence_invalidations",
+            "Presence cache entries dropped by a login elsewhere, or the whole cache by a relay link up",
+            self.presence_invalidations.clone(),
         );
         r
     }

@@ -3,8 +3,9 @@
 //! After the handshake ([`crate::accept`]) the task registers the server in
 //! the routing table and runs one `select!` over:
 //!
-//! - frames from the server: `Deliver`, `Tell` and `Room` are forwarded, `Interest`
-//!   updates the table, `Ping` is answered, `Bye` ends the link;
+//! - frames from the server: `Deliver`, `Tell` and `Room` are forwarded,
+//!   `Presence` goes to every other linked server, `Interest` updates the
+//!   table, `Ping` is answered, `Bye` ends the link;
 //! - the link's bounded outbound queue, written by a pump that feeds every
 //!   frame available and then flushes once (batching), and that runs beside
 //!   reading, so a server that is slow to read never stops us reading it
@@ -51,6 +52,10 @@ type Sink = SplitSink<LinkFramed, Frame>;
 
 /// Frames fed per pump turn before it flushes and yields to the other arms.
 const MAX_BATCH: usize = 256;
+
+/// Turns the pump gives up, finding its queue empty with frames fed, before
+/// it flushes them: one write then carries the frames of many links.
+const MAX_YIELDS: usize = 3;
 
 /// Pings and pongs waiting to be written. Pongs beyond this are dropped: a
 /// peer pinging faster than we can answer learns it from the missing pongs.
@@ -239,10 +244,13 @@ struct WriteState {
     /// socket took bytes since (progress); a Ready from a buffer that was
     /// under the mark all along proves nothing, so only this counts.
     ready_blocked: bool,
+    /// Turns given up, queue empty, since frames were fed and not flushed.
+    yields: usize,
 }
 
 /// Moves frames into the socket: control frames first, then every queued
-/// frame available now (up to [`MAX_BATCH`]), then one flush. Pending while
+/// frame available now (up to [`MAX_BATCH`]; when the queue runs dry, up to
+/// [`MAX_YIELDS`] more turns), then one flush. Pending while
 /// there is nothing to do; ready only when the queue closed (`Ok`) or the
 /// socket failed (`Err`).
 fn pump(
@@ -285,7 +293,15 @@ fn pump(
                 Poll::Pending => st.ready_blocked = true,
             }
         }
+        if st.dirty && !st.ready_blocked && fed < MAX_BATCH && st.yields < MAX_YIELDS {
+            // The queue ran dry: under load more frames are a task switch
+            // away, so let the other links run before paying for a write.
+            st.yields += 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         if st.dirty {
+            st.yields = 0;
             match sink.poll_flush_unpin(cx) {
                 Poll::Ready(Ok(())) => {
                     st.dirty = false;
@@ -330,6 +346,10 @@ impl Input<'_> {
             Frame::Room { msg } => {
                 let outcome = self.ctx.routes.fan_out(self.server_id, &msg.room, &frame);
                 self.count(outcome, &msg.room);
+            }
+            Frame::Presence { .. } => {
+                let outcome = self.ctx.routes.to_others(self.server_id, &frame);
+                self.count(outcome, "presence");
             }
             Frame::Interest { room, on } => self.interest(room, *on),
             Frame::Bye => return Some(End::Bye),

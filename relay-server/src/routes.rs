@@ -191,6 +191,18 @@ impl Routes {
         outcome
     }
 
+    /// Queues `frame` towards every linked server but `origin` (a
+    /// broadcast, a [`Frame::Presence`]).
+    pub fn to_others(&self, origin: &str, frame: &Frame) -> Outcome {
+        let mut outcome = Outcome::default();
+        for (id, route) in &self.read().links {
+            if id != origin {
+                send(route, frame.clone(), &mut outcome);
+            }
+        }
+        outcome
+    }
+
     /// Records that `server` (on link `link`) has, or no longer has, members
     /// of `room`.
     pub fn set_interest(&self, server: &str, link: u64, room: &str, on: bool) -> Interest {
@@ -231,14 +243,11 @@ impl Routes {
     /// [`BROADCAST_ROOM`]. The origin never gets its own message back.
     pub fn fan_out(&self, origin: &str, room: &str, frame: &Frame) -> Outcome {
         let mut outcome = Outcome::default();
-        let t = self.read();
         if room == BROADCAST_ROOM {
-            for (id, route) in &t.links {
-                if id != origin {
-                    send(route, frame.clone(), &mut outcome);
-                }
-            }
-        } else if let Some(servers) = t.rooms.get(room) {
+            return self.to_others(origin, frame);
+        }
+        let t = self.read();
+        if let Some(servers) = t.rooms.get(room) {
             for id in servers {
                 if id == origin {
                     continue;

@@ -173,6 +173,15 @@ mod tests {
             any::<u64>().prop_map(Frame::Ping),
             any::<u64>().prop_map(Frame::Pong),
             Just(Frame::Bye),
+            (name(), name(), any::<Option<u64>>(), direct()).prop_map(
+                |(to_server, user, except, msg)| Frame::Tell {
+                    to_server,
+                    user,
+                    except: except.map(SessionId),
+                    msg,
+                }
+            ),
+            name().prop_map(|user| Frame::Presence { user }),
         ]
     }
 

@@ -16,7 +16,9 @@
 //! After the handshake either side may send any frame; both send [`Frame::Ping`]
 //! every heartbeat interval and answer with [`Frame::Pong`]. [`Frame::Bye`]
 //! says "I am leaving on purpose": the relay then purges nothing more for that
-//! server (the server cleaned up itself).
+//! server (the server cleaned up itself). [`Frame::Presence`] says "this user
+//! just logged in here": every other server drops its cached idea of where
+//! that user is.
 //!
 //! Both ends drive the same I/O-free core: [`handshake`] (the relay's
 //! [`handshake::Challenger`], the server's [`handshake::Joiner`]) and
@@ -33,7 +35,9 @@ use crate::ids::SessionId;
 
 /// The link protocol version this build speaks. A peer with another version
 /// is refused with a logged reason.
-pub const LINK_VERSION: u16 = 1;
+///
+/// 2: [`Frame::Presence`] (presence-cache invalidation) was added.
+pub const LINK_VERSION: u16 = 2;
 
 /// Bytes in a challenge nonce.
 pub const NONCE_LEN: usize = 32;
@@ -71,6 +75,11 @@ pub struct RoomMsg {
 /// The room name a broadcast to everyone uses (not a valid room name, so no
 /// client can `JOIN` it).
 pub const BROADCAST_ROOM: &str = "*";
+
+/// The user name a [`Frame::Presence`] carries to mean "every user" (not a
+/// valid user name): sent by a server whose relay link just came up, since
+/// its users' logins while it was cut off announced nothing.
+pub const EVERY_USER: &str = "*";
 
 /// The addresses a server serves clients on, as it reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +174,15 @@ pub enum Frame {
         /// The message (`id` and `ts` as made by the sender's server).
         msg: DirectMsg,
     },
+    /// `user` just got their first session on the sending server. From that
+    /// server to the relay, then from the relay to every other linked
+    /// server, which forgets what its presence cache held for `user` (the
+    /// cache would otherwise keep sending that user's `TELL`s only where
+    /// they were before). Last, so the frames before it keep their encoding.
+    Presence {
+        /// The user who logged in, or [`EVERY_USER`].
+        user: String,
+    },
 }
 
 impl Frame {
@@ -182,6 +200,7 @@ impl Frame {
             Frame::Ping(_) => "ping",
             Frame::Pong(_) => "pong",
             Frame::Bye => "bye",
+            Frame::Presence { .. } => "presence",
         }
     }
 }
