@@ -306,6 +306,22 @@ mod tests {
     }
 
     #[test]
+    fn presence_reaches_every_other_server_whatever_its_rooms() {
+        let routes = Routes::new();
+        let (a, mut ra) = route(&routes, 1, 8);
+        let (b, mut rb) = route(&routes, 1, 8);
+        let (c, mut rc) = route(&routes, 1, 8);
+        routes.insert("a", a);
+        routes.insert("b", b);
+        routes.insert("c", c);
+        let presence = Frame::Presence { user: "bob".into() };
+        assert_eq!(routes.to_others("b", &presence).forwarded, 2);
+        assert_eq!(ra.try_recv().ok(), Some(presence.clone()));
+        assert_eq!(rc.try_recv().ok(), Some(presence));
+        assert!(rb.try_recv().is_err(), "the origin gets nothing back");
+    }
+
+    #[test]
     fn rooms_reach_interested_servers_but_not_the_origin() {
         let routes = Routes::new();
         let (a, mut ra) = route(&routes, 1, 8);
