@@ -168,6 +168,12 @@ pub struct Limits {
     #[arg(long, env = "SB_LINK_QUEUE", default_value_t = 8192)]
     pub link_queue: usize,
 
+    /// How long a `TELL` trusts what it read of a user's servers (the
+    /// presence cache; a login elsewhere invalidates it sooner through the
+    /// relay). 0 reads Redis for every `TELL`.
+    #[arg(long, env = "SB_PRESENCE_MAX_AGE", default_value = "10s", value_parser = parse_duration)]
+    pub presence_max_age: Duration,
+
     /// How often the server refreshes its registry entry in Redis.
     #[arg(long, env = "SB_REGISTRY_INTERVAL", default_value = "2s", value_parser = parse_duration)]
     pub registry_interval: Duration,
@@ -255,6 +261,7 @@ mod tests {
         assert_eq!(c.limits.idle_timeout, Duration::from_secs(60));
         assert_eq!(c.limits.max_message, 64 * 1024);
         assert_eq!(c.limits.link_dead_after, Duration::from_secs(3));
+        assert_eq!(c.limits.presence_max_age, Duration::from_secs(10));
         // --id is required.
         assert!(parse_without_env(&["message-server"]).is_err());
     }

@@ -1,6 +1,7 @@
 //! Who is connected where: this server's sessions in Redis and its registry
 //! entry (through [`redis_store`]), plus the list of other servers with
-//! room, kept in memory for the 503 at the cap.
+//! room, kept in memory for the 503 at the cap, and the presence cache
+//! ([`crate::presence`]) that answers `TELL`'s lookups.
 //!
 //! The registry task refreshes the entry every `registry_interval`. When it
 //! finds the entry missing, Redis has lost it (restarted empty, or flushed):
@@ -12,7 +13,7 @@
 //! Redis was away, or empty, live pushes may have been lost.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use redis_store::scripts::Registration;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::{Db, DbError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence::{Presence, Servers};
 
 /// Another server as the registry describes it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -49,16 +51,29 @@ pub struct Directory {
     max_sessions_per_user: u64,
     /// Other servers with room, newest first read.
     alternatives: Arc<ArcSwap<Vec<ServerInfo>>>,
+    /// Where users recently sent a `TELL` are, besides here.
+    presence: Arc<Presence>,
+    metrics: Metrics,
 }
 
 impl Directory {
-    /// A directory for server `server_id` at `epoch`.
-    pub fn new(db: Db, server_id: &str, epoch: u64, max_sessions_per_user: u64) -> Directory {
+    /// A directory for server `server_id` at `epoch`, trusting what it
+    /// read of a user's servers for `presence_max_age`.
+    pub fn new(
+        db: Db,
+        server_id: &str,
+        epoch: u64,
+        max_sessions_per_user: u64,
+        presence_max_age: Duration,
+        metrics: Metrics,
+    ) -> Directory {
         Directory {
             db,
             life: Arc::new(Life::new(server_id, epoch)),
             max_sessions_per_user,
             alternatives: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            presence: Arc::new(Presence::new(presence_max_age)),
+            metrics,
         }
     }
 
@@ -107,17 +122,63 @@ impl Directory {
         Ok(removed.unwrap_or(0))
     }
 
-    /// The servers holding live sessions of each of `users` (`TELL` looks
-    /// up its recipient and sender this way): one read per user, at the same
-    /// time (each user is a slot of its own). A user without sessions gets
-    /// an empty list and no key is made.
-    pub async fn servers_of(&self, users: &[&str]) -> Result<Vec<Vec<String>>, DbError> {
-        let reads = users
+    /// The other servers holding live sessions of each of `users` (`TELL`
+    /// looks up its recipient and sender this way; local sessions are the
+    /// hub's). From the presence cache ([`crate::presence`]) when it has
+    /// the user, else one Redis read per missing user, at the same time
+    /// (each user is a slot of its own), which fills the cache. A user
+    /// without sessions elsewhere gets an empty list and no key is made.
+    pub async fn servers_of<const N: usize>(
+        &self,
+        users: [&str; N],
+    ) -> Result<[Servers; N], DbError> {
+        let now = Instant::now();
+        let cached = users.map(|user| self.presence.get(user, now));
+        if cached.iter().all(Option::is_some) {
+            self.metrics.presence_hits.inc_by(N as u64);
+            return Ok(cached.map(Option::unwrap_or_default));
+        }
+        let generation = self.presence.generation();
+        let missing = users
             .iter()
-            .map(|user| sessions::servers(&self.db.redis, user));
-        futures_util::future::try_join_all(reads)
+            .zip(&cached)
+            .filter(|(_, hit)| hit.is_none())
+            .map(|(user, _)| sessions::servers(&self.db.redis, user));
+        let mut read = futures_util::future::try_join_all(missing)
             .await
-            .map_err(|e| self.db.failed(e))
+            .map_err(|e| self.db.failed(e))?
+            .into_iter();
+        let mut i = 0;
+        Ok(cached.map(|hit| {
+            let user = users[i];
+            i += 1;
+            match hit {
+                Some(servers) => {
+                    self.metrics.presence_hits.inc();
+                    servers
+                }
+                None => {
+                    self.metrics.presence_misses.inc();
+                    let servers = read.next().unwrap_or_default();
+                    self.presence
+                        .fill(user, servers, &self.life.server, generation, now)
+                }
+            }
+        }))
+    }
+
+    /// Drops what the presence cache holds for `user`: they just logged in
+    /// on another server ([`shared::link::Frame::Presence`]).
+    pub fn forget_presence(&self, user: &str) {
+        self.metrics.presence_invalidations.inc();
+        self.presence.forget(user);
+    }
+
+    /// Empties the presence cache: a relay link came up, and invalidations
+    /// may have been lost while it was down.
+    pub fn clear_presence(&self) {
+        self.metrics.presence_invalidations.inc();
+        self.presence.clear();
     }
 
     /// Live sessions of `user` across the cluster.

@@ -95,14 +95,14 @@ impl Hub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Adds a logged-in session of `user`.
-    pub fn add(&self, user: &str, handle: SessionHandle) {
-        self.lock()
-            .users
-            .entry(user.to_owned())
-            .or_default()
-            .push(handle);
+    /// Adds a logged-in session of `user`; returns whether it is the user's
+    /// first session here.
+    pub fn add(&self, user: &str, handle: SessionHandle) -> bool {
+        let mut inner = self.lock();
+        let list = inner.users.entry(user.to_owned()).or_default();
+        list.push(handle);
         self.metrics.sessions.inc();
+        list.len() == 1
     }
 
     /// Removes a session (and its room memberships); returns the rooms that

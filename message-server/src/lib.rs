@@ -15,6 +15,7 @@
 //! - [`router`]: the ordered store-then-route pipeline;
 //! - [`store`]: inboxes, sequence numbers, cursors, room history (Redis);
 //! - [`directory`]: sessions and the server registry in Redis;
+//! - [`presence`]: the cache of where users are that keeps `TELL` off Redis;
 //! - [`db`]: the shared Redis connection and scripts;
 //! - [`relay_link`]: the links to the relay(s), reconnecting, reading and
 //!   writing side by side; it never makes a sender wait;
@@ -35,6 +36,7 @@ pub mod limits;
 pub mod listen;
 pub mod metrics;
 pub mod outbox;
+pub mod presence;
 pub mod relay_link;
 pub mod router;
 pub mod session;
@@ -211,7 +213,14 @@ impl Bound {
         } = self;
         let limits = config.limits.clone();
         let db = db::Db::connect(&config.redis, metrics.clone(), &shutdown).await?;
-        let directory = Directory::new(db.clone(), &config.id, epoch, limits.max_sessions_per_user);
+        let directory = Directory::new(
+            db.clone(),
+            &config.id,
+            epoch,
+            limits.max_sessions_per_user,
+            limits.presence_max_age,
+            metrics.clone(),
+        );
         match directory.purge_previous().await {
             Ok(0) => {}
             Ok(n) => tracing::info!(
@@ -297,6 +306,7 @@ impl Bound {
             },
             secret: Arc::new(link_secret),
             hub: Arc::clone(&hub),
+            directory: directory.clone(),
             links: Arc::clone(&links),
             metrics: metrics.clone(),
             heartbeat: limits.link_heartbeat,

@@ -48,6 +48,13 @@ pub struct Metrics {
     /// `CatchUp` frames sent to a relay for pushes a full (or absent) link
     /// dropped.
     pub catch_ups_sent: Counter,
+    /// `TELL` lookups the presence cache answered.
+    pub presence_hits: Counter,
+    /// `TELL` lookups that read Redis (not cached, or too old).
+    pub presence_misses: Counter,
+    /// Presence cache entries dropped by a login elsewhere, or the whole
+    /// cache by a relay link that came up.
+    pub presence_invalidations: Counter,
 }
 
 impl Metrics {
@@ -134,6 +141,21 @@ impl Metrics {
             "catch_ups_sent",
             "CatchUp frames sent to a relay for pushes a full or absent link dropped",
             self.catch_ups_sent.clone(),
+        );
+        r.register(
+            "presence_hits",
+            "TELL lookups answered by the presence cache",
+            self.presence_hits.clone(),
+        );
+        r.register(
+            "presence_misses",
+            "TELL lookups that read Redis",
+            self.presence_misses.clone(),
+        );
+        r.register(
+            "presence_invalidations",
+            "Presence cache entries dropped by a login elsewhere, or the whole cache by a relay link up",
+            self.presence_invalidations.clone(),
         );
         r
     }

@@ -31,7 +31,12 @@
 //! Every link that comes up wakes every local session to catch up with its
 //! inbox ([`Hub::catch_up_all`]): while no link (or another link) was up,
 //! pushes to them may have been lost. A `CatchUp` from the relay wakes the
-//! sessions it names ([`Hub::catch_up_users`]).
+//! sessions it names ([`Hub::catch_up_users`]). A link that comes up also
+//! empties the presence cache ([`crate::presence`]) and tells the other
+//! servers to empty theirs (`Presence` for [`EVERY_USER`]): logins announced
+//! while it was down were lost in either direction. A `Presence` from the
+//! relay (a user's first session on another server) drops that user's cache
+//! entry.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -45,7 +50,7 @@ use shared::codec::{LinkCodec, LinkCodecError};
 use shared::link::handshake::{JoinError, Joiner, Step};
 use shared::link::liveness::{Death, Liveness};
 use shared::link::missed::{self, MissedCell};
-use shared::link::{BROADCAST_ROOM, Frame, ServerAddrs};
+use shared::link::{BROADCAST_ROOM, EVERY_USER, Frame, ServerAddrs};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -54,11 +59,16 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::directory::Directory;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
 /// Frames fed per write before one flush.
 const MAX_BATCH: usize = 1024;
+
+/// Times the writer yields, finding its queue empty, before it flushes what
+/// it fed: one write then carries the frames of many sessions.
+const MAX_YIELDS: usize = 3;
 
 /// Pings and pongs waiting to be written; beyond this they are dropped (a
 /// link that far behind is about to be declared dead anyway).
@@ -225,6 +235,8 @@ pub struct LinkContext {
     pub addrs: ServerAddrs,
     pub secret: Arc<Vec<u8>>,
     pub hub: Arc<Hub>,
+    /// Its presence cache is invalidated from here.
+    pub directory: Directory,
     pub links: Arc<Links>,
     pub metrics: Metrics,
     pub heartbeat: Duration,
@@ -379,15 +391,23 @@ async fn linked<S: AsyncRead + AsyncWrite + Unpin>(
     // of anything queued once the slot is visible.
     // A relay that takes none of it within `dead_after` is as dead as one
     // that stops reading later.
+    // Nor did the other servers hear of logins here while we were cut off:
+    // they forget where our users are (the presence cache).
     let interests = async {
         for room in ctx.hub.rooms() {
             framed.feed(Frame::Interest { room, on: true }).await?;
         }
+        let every = EVERY_USER.to_owned();
+        framed.feed(Frame::Presence { user: every }).await?;
         SinkExt::<Frame>::flush(&mut framed).await
     };
     tokio::time::timeout(ctx.dead_after, interests)
         .await
         .map_err(|_| LinkEnd::Stalled(ctx.dead_after))??;
+    // Logins elsewhere may have been announced while this link was down;
+    // emptied before the link is visible, so no `TELL` through it uses
+    // what was cached before.
+    ctx.directory.clear_presence();
     if let Some(s) = ctx.links.slots.get(slot) {
         s.tx.store(Some(Arc::new(tx)));
         ctx.metrics.links_up.inc();
@@ -467,7 +487,8 @@ struct CatchUps<'a> {
 }
 
 /// The write side of a link: control frames (pings, pongs) first, then
-/// everything queued, up to [`MAX_BATCH`] per flush. Tells `live` when
+/// everything queued, up to [`MAX_BATCH`] per flush, yielding up to
+/// [`MAX_YIELDS`] times for more before it flushes. Tells `live` when
 /// frames start waiting and when the socket took them. Before waiting for
 /// more, and whenever the queue is at most half full, it writes the
 /// [`Frame::CatchUp`]s of what its slot dropped. Ends when the queue closes
@@ -519,15 +540,24 @@ where
         };
         liveness().writing(Instant::now());
         sink.feed(first).await?;
-        for _ in 0..MAX_BATCH {
+        let (mut fed, mut yields) = (1, 0);
+        while fed < MAX_BATCH {
             let next = match control.try_recv() {
                 Ok(frame) => frame,
                 Err(_) => match rx.try_recv() {
                     Ok(frame) => frame,
+                    // Under load more frames are a task switch away: let the
+                    // sessions run a few times before paying for a write.
+                    Err(_) if yields < MAX_YIELDS => {
+                        yields += 1;
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
                     Err(_) => break,
                 },
             };
             sink.feed(next).await?;
+            fed += 1;
         }
         sink.flush().await?;
         liveness().flushed();
@@ -573,6 +603,13 @@ fn handle_inbound(frame: Frame, ctx: &LinkContext) -> Result<Option<Frame>, Link
                 sessions = woken,
                 "catch-up asked by the relay"
             );
+        }
+        Frame::Presence { user } => {
+            if user == EVERY_USER {
+                ctx.directory.clear_presence();
+            } else {
+                ctx.directory.forget_presence(&user);
+            }
         }
         Frame::Ping(n) => return Ok(Some(Frame::Pong(n))),
         Frame::Pong(_) => {}

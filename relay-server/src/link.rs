@@ -4,8 +4,9 @@
 //! the routing table and runs one `select!` over:
 //!
 //! - frames from the server: `Deliver`, `Tell`, `CatchUp` and `Room` are
-//!   forwarded (a `CatchUp` for `*` to every other server), `Interest`
-//!   updates the table, `Ping` is answered, `Bye` ends the link;
+//!   forwarded (a `CatchUp` for `*` to every other server), `Presence` goes
+//!   to every other linked server, `Interest` updates the table, `Ping` is
+//!   answered, `Bye` ends the link;
 //! - the link's bounded outbound queue, written by a pump that feeds every
 //!   frame available and then flushes once (batching), and that runs beside
 //!   reading, so a server that is slow to read never stops us reading it
@@ -58,6 +59,10 @@ type Sink = SplitSink<LinkFramed, Frame>;
 
 /// Frames fed per pump turn before it flushes and yields to the other arms.
 const MAX_BATCH: usize = 256;
+
+/// Turns the pump gives up, finding its queue empty with frames fed, before
+/// it flushes them: one write then carries the frames of many links.
+const MAX_YIELDS: usize = 3;
 
 /// Pings and pongs waiting to be written. Pongs beyond this are dropped: a
 /// peer pinging faster than we can answer learns it from the missing pongs.
@@ -268,13 +273,16 @@ struct WriteState {
     /// socket took bytes since (progress); a Ready from a buffer that was
     /// under the mark all along proves nothing, so only this counts.
     ready_blocked: bool,
+    /// Turns given up, queue empty, since frames were fed and not flushed.
+    yields: usize,
 }
 
 /// Moves frames into the socket: control frames first, then every queued
-/// frame available now (up to [`MAX_BATCH`]), then one flush. The
-/// `CatchUp`s owed for dropped pushes join the control frames whenever the
-/// queue is at most half full. Pending while there is nothing to do; ready
-/// only when the queue closed (`Ok`) or the socket failed (`Err`).
+/// frame available now (up to [`MAX_BATCH`]; when the queue runs dry, up to
+/// [`MAX_YIELDS`] more turns), then one flush. The `CatchUp`s owed for
+/// dropped pushes join the control frames whenever the queue is at most half
+/// full. Pending while there is nothing to do; ready only when the queue
+/// closed (`Ok`) or the socket failed (`Err`).
 fn pump(
     cx: &mut Context<'_>,
     sink: &mut Sink,
@@ -321,7 +329,15 @@ fn pump(
                 Poll::Pending => st.ready_blocked = true,
             }
         }
+        if st.dirty && !st.ready_blocked && fed < MAX_BATCH && st.yields < MAX_YIELDS {
+            // The queue ran dry: under load more frames are a task switch
+            // away, so let the other links run before paying for a write.
+            st.yields += 1;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
         if st.dirty {
+            st.yields = 0;
             match sink.poll_flush_unpin(cx) {
                 Poll::Ready(Ok(())) => {
                     st.dirty = false;
@@ -375,6 +391,10 @@ impl Input<'_> {
             Frame::Room { msg } => {
                 let outcome = self.ctx.routes.fan_out(self.server_id, &msg.room, &frame);
                 self.count(outcome, &msg.room);
+            }
+            Frame::Presence { .. } => {
+                let outcome = self.ctx.routes.forward_all(self.server_id, &frame);
+                self.count(outcome, "presence");
             }
             Frame::Interest { room, on } => self.interest(room, *on),
             Frame::Bye => return Some(End::Bye),

@@ -231,7 +231,8 @@ impl Routes {
     }
 
     /// Queues `frame` towards every linked server but `origin` (a `CatchUp`
-    /// for [`shared::link::missed::ALL_SERVERS`], a broadcast).
+    /// for [`shared::link::missed::ALL_SERVERS`], a broadcast, a
+    /// [`Frame::Presence`]).
     pub fn forward_all(&self, origin: &str, frame: &Frame) -> Outcome {
         let mut outcome = Outcome::default();
         for (id, route) in &self.read().links {
@@ -401,6 +402,22 @@ mod tests {
         assert!(ra.try_recv().is_err());
         assert_eq!(rb.try_recv().ok(), Some(f.clone()));
         assert_eq!(rc.try_recv().ok(), Some(f));
+    }
+
+    #[test]
+    fn presence_reaches_every_other_server_whatever_its_rooms() {
+        let routes = Routes::new();
+        let (a, mut ra) = route(&routes, 1, 8);
+        let (b, mut rb) = route(&routes, 1, 8);
+        let (c, mut rc) = route(&routes, 1, 8);
+        routes.insert("a", a);
+        routes.insert("b", b);
+        routes.insert("c", c);
+        let presence = Frame::Presence { user: "bob".into() };
+        assert_eq!(routes.forward_all("b", &presence).forwarded, 2);
+        assert_eq!(ra.try_recv().ok(), Some(presence.clone()));
+        assert_eq!(rc.try_recv().ok(), Some(presence));
+        assert!(rb.try_recv().is_err(), "the origin gets nothing back");
     }
 
     #[test]

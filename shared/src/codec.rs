@@ -175,6 +175,15 @@ mod tests {
             Just(Frame::Bye),
             (name(), proptest::collection::vec(name(), 0..8))
                 .prop_map(|(to_server, users)| Frame::CatchUp { to_server, users }),
+            (name(), name(), any::<Option<u64>>(), direct()).prop_map(
+                |(to_server, user, except, msg)| Frame::Tell {
+                    to_server,
+                    user,
+                    except: except.map(SessionId),
+                    msg,
+                }
+            ),
+            name().prop_map(|user| Frame::Presence { user }),
         ]
     }
 

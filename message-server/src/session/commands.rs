@@ -177,7 +177,14 @@ impl Session {
             }
         }
         self.admin = admin;
-        self.state.hub.add(&user, self.handle.clone());
+        if self.state.hub.add(&user, self.handle.clone()) {
+            // The other servers' presence caches may say the user is not
+            // here: after the Redis write, so a lookup they make from now
+            // on finds this session.
+            self.state
+                .links
+                .tell_all(Frame::Presence { user: user.clone() });
+        }
         tracing::Span::current().record("user", user.as_str());
         tracing::debug!("logged in");
         self.device = device.unwrap_or_else(|| "default".to_owned());
@@ -216,7 +223,6 @@ impl Session {
         Fanout {
             hub: &self.state.hub,
             links: &self.state.links,
-            server_id: &self.state.identity.server_id,
             me: self.handle.id,
         }
     }
@@ -265,15 +271,15 @@ fn authenticate(login: &Login, user: &str, token: Option<String>) -> Result<bool
 struct Fanout<'a> {
     hub: &'a Hub,
     links: &'a Links,
-    server_id: &'a str,
     /// The sending session, which never gets its own message.
     me: SessionId,
 }
 
 /// `TELL`: every session of the recipient and every other session of the
-/// sender, here and on other servers (found with one Redis read, skipped
-/// when no relay link is up), at most once. Nothing is stored; a recipient
-/// that is offline simply gets nothing.
+/// sender, here and on other servers (found in the presence cache, or with
+/// one Redis read per user when it has no fresh entry; skipped when no
+/// relay link is up), at most once. Nothing is stored; a recipient that is
+/// offline simply gets nothing.
 async fn tell(out: Fanout<'_>, directory: &Directory, msg: DirectMsg) -> Result<(), Reply> {
     let note_to_self = msg.from == msg.to;
     let to_except = note_to_self.then_some(out.me);
@@ -282,10 +288,11 @@ async fn tell(out: Fanout<'_>, directory: &Directory, msg: DirectMsg) -> Result<
     if !note_to_self {
         out.hub.push_user(&msg.from, &event, Some(out.me));
     }
+    drop(event);
     if out.links.up() == 0 {
         return Ok(());
     }
-    let servers = match directory.servers_of(&[&msg.to, &msg.from]).await {
+    let [to_servers, from_servers] = match directory.servers_of([&msg.to, &msg.from]).await {
         Ok(servers) => servers,
         Err(e) => {
             tracing::warn!(session = %out.me, to = %msg.to, error = %e, "tell: sessions not looked up");
@@ -296,19 +303,28 @@ async fn tell(out: Fanout<'_>, directory: &Directory, msg: DirectMsg) -> Result<
             .into());
         }
     };
-    let mut targets = vec![(&msg.to, to_except)];
-    if !note_to_self {
-        targets.push((&msg.from, Some(out.me)));
-    }
-    for ((user, except), servers) in targets.into_iter().zip(&servers) {
-        for server in servers.iter().filter(|s| *s != out.server_id) {
-            out.links.send(Frame::Tell {
-                to_server: server.clone(),
-                user: user.clone(),
-                except,
-                msg: msg.clone(),
-            });
-        }
+    // (server, user, except) per frame; the message itself is moved into
+    // the last one rather than cloned.
+    let to = to_servers.iter().map(|s| (s, &msg.to, to_except));
+    let from = from_servers
+        .iter()
+        .filter(|_| !note_to_self)
+        .map(|s| (s, &msg.from, Some(out.me)));
+    let targets: Vec<_> = to
+        .chain(from)
+        .map(|(s, user, except)| (String::from(&**s), user.clone(), except))
+        .collect();
+    let mut msg = Some(msg);
+    let n = targets.len();
+    for (i, (to_server, user, except)) in targets.into_iter().enumerate() {
+        let one = if i + 1 == n { msg.take() } else { msg.clone() };
+        let Some(msg) = one else { break };
+        out.links.send(Frame::Tell {
+            to_server,
+            user,
+            except,
+            msg,
+        });
     }
     Ok(())
 }

@@ -16,7 +16,9 @@
 //! After the handshake either side may send any frame; both send [`Frame::Ping`]
 //! every heartbeat interval and answer with [`Frame::Pong`]. [`Frame::Bye`]
 //! says "I am leaving on purpose": the relay then purges nothing more for that
-//! server (the server cleaned up itself).
+//! server (the server cleaned up itself). [`Frame::Presence`] says "this user
+//! just logged in here": every other server drops its cached idea of where
+//! that user is.
 //!
 //! Both ends drive the same I/O-free core: [`handshake`] (the relay's
 //! [`handshake::Challenger`], the server's [`handshake::Joiner`]) and
@@ -36,7 +38,10 @@ use crate::ids::SessionId;
 
 /// The link protocol version this build speaks. A peer with another version
 /// is refused with a logged reason, so relays and servers are upgraded
-/// together. Version 2 added [`Frame::CatchUp`].
+/// together.
+///
+/// 2: [`Frame::CatchUp`] (catch-up after pushes dropped at a full queue) and
+/// [`Frame::Presence`] (presence-cache invalidation) were added.
 pub const LINK_VERSION: u16 = 2;
 
 /// Bytes in a challenge nonce.
@@ -75,6 +80,11 @@ pub struct RoomMsg {
 /// The room name a broadcast to everyone uses (not a valid room name, so no
 /// client can `JOIN` it).
 pub const BROADCAST_ROOM: &str = "*";
+
+/// The user name a [`Frame::Presence`] carries to mean "every user" (not a
+/// valid user name): sent by a server whose relay link just came up, since
+/// its users' logins while it was cut off announced nothing.
+pub const EVERY_USER: &str = "*";
 
 /// The addresses a server serves clients on, as it reports them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,14 +183,24 @@ pub enum Frame {
     /// full queue (see [`missed`]): that server brings those users' live
     /// sessions up to their inbox heads. Sent by a server (through a relay,
     /// which routes it like [`Frame::Deliver`]) or by a relay itself, once
-    /// the queue that dropped has drained. Last, so the frames before it
-    /// keep their encoding (link version 2).
+    /// the queue that dropped has drained. After the frames of version 1,
+    /// so those keep their encoding (link version 2).
     CatchUp {
         /// The server that holds the sessions; [`missed::ALL_SERVERS`]
         /// (`*`): every server linked to the relay but the sender.
         to_server: String,
         /// Whose sessions catch up; empty: every live session there.
         users: Vec<String>,
+    },
+    /// `user` just got their first session on the sending server. From that
+    /// server to the relay, then from the relay to every other linked
+    /// server, which forgets what its presence cache held for `user` (the
+    /// cache would otherwise keep sending that user's `TELL`s only where
+    /// they were before). Last, so the frames before it keep their encoding
+    /// (link version 2).
+    Presence {
+        /// The user who logged in, or [`EVERY_USER`].
+        user: String,
     },
 }
 
@@ -200,6 +220,7 @@ impl Frame {
             Frame::Pong(_) => "pong",
             Frame::Bye => "bye",
             Frame::CatchUp { .. } => "catch_up",
+            Frame::Presence { .. } => "presence",
         }
     }
 
