@@ -218,15 +218,16 @@ impl Store {
     }
 
     /// Redis pipelines the router should keep in flight. One Redis (or
-    /// Sentinel's master) is one ordered connection: a second batch in
-    /// flight would only make the first smaller, so 1, and whatever queues
-    /// meanwhile goes out as the next, larger batch (one script call, one
-    /// fsync). A cluster spreads a batch over several masters: 4, so one
-    /// batch's slowest master does not hold up the others.
+    /// Sentinel's master) is one ordered connection, and a batch is one
+    /// script call there: 2, so that one batch is stored while the previous
+    /// one is routed and the next one gathers (with 1 the router's own work
+    /// between batches caps the rate; more only makes batches smaller: more
+    /// calls and fsyncs per message). A cluster spreads a batch over several
+    /// masters: 4, so one batch's slowest master does not hold up the others.
     pub fn pipelines_in_flight(&self) -> usize {
         match self.redis().args().mode {
             RedisMode::Cluster => 4,
-            RedisMode::Single | RedisMode::Sentinel => 1,
+            RedisMode::Single | RedisMode::Sentinel => 2,
         }
     }
 
