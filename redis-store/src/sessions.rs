@@ -212,4 +212,13 @@ mod tests {
         assert_eq!(servers_of(&v), vec!["a".to_owned(), "b".to_owned()]);
         assert!(servers_of(&Value::Nil).is_empty());
     }
+
+    #[test]
+    fn servers_are_read_from_server_lists() {
+        assert_eq!(
+            servers_in("a:1 b:7 a:1 garbage a:2"),
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+        assert!(servers_in("").is_empty());
+    }
 }
