@@ -62,10 +62,6 @@ use relay_link::{LinkContext, Links};
 use state::{Ids, Login, State};
 use store::{Store, StoreLimits};
 
-/// Redis pipelines the router keeps in flight: enough to overlap one
-/// batch's fsync with the next batch's sending.
-const STORE_PIPELINES: usize = 4;
-
 /// Why a server could not start or run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -272,6 +268,7 @@ impl Bound {
         });
 
         // The router outlives the sessions (it answers their last sends).
+        let max_inflight = store.pipelines_in_flight();
         let router = tokio::spawn(
             router::Router {
                 server_id: config.id.clone(),
@@ -279,7 +276,7 @@ impl Bound {
                 hub: Arc::clone(&hub),
                 links: Arc::clone(&links),
                 metrics: metrics.clone(),
-                max_inflight: STORE_PIPELINES,
+                max_inflight,
             }
             .run(router_rx),
         );

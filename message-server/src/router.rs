@@ -66,7 +66,7 @@ pub enum Job {
 type Pending = Pin<Box<dyn Future<Output = Vec<(Job, Result<Outcome, DbError>)>> + Send>>;
 
 /// Jobs sent to Redis as one pipeline.
-const MAX_BATCH: usize = 256;
+const MAX_BATCH: usize = 512;
 
 /// The router task's state.
 pub struct Router {

@@ -5,26 +5,30 @@
 //! arguments and reply parsing stay here and in [`redis_store`].
 //!
 //! A direct message is stored as two halves, one per user (the recipient's
-//! inbox and the sender's; one for a note to self), each one script in its
-//! user's slot ([`shared::keys::STORE_HALF`]), sent at the same time. The
-//! sender hears `OK SENT` only after both are stored (and, with
-//! `--redis-replica-acks N`, held by N replicas). A send with a `cid` gets
-//! a message id derived from sender and cid ([`shared::ids::cid_message_id`]),
-//! and each half stores a given id once: a retry of the same cid, on any
-//! server, completes whichever half is missing and answers with the first
-//! seq.
+//! inbox and the sender's; one for a note to self) by
+//! [`shared::keys::STORE_DMS`]: one call for a whole batch on one Redis or
+//! Sentinel (both halves of each message together), one call per user of
+//! the batch on Redis Cluster (its halves; every key of a call in its
+//! slot), all sent at the same time. The sender hears `OK SENT` only after
+//! both halves are stored (and, with `--redis-replica-acks N`, held by N
+//! replicas). A send with a `cid` gets a message id derived from sender and
+//! cid ([`shared::ids::cid_message_id`]) and is stored once: a retry of the
+//! same cid, on any server, completes whichever half is missing and answers
+//! with the first seq. A send without `cid` writes no idempotency record.
 //!
-//! Test hooks: `SB_TEST_CRASH=between-halves` makes the server abort after
-//! the recipient's half of the first direct message with a cid is stored and
-//! before the sender's; `SB_TEST_CRASH=after-store` after both halves and
+//! Test hooks: `SB_TEST_CRASH=between-halves` makes the server store only
+//! the recipients' halves of a batch (as separate halves, each with its
+//! record) and abort when it held a direct message with a cid; `SB_TEST_CRASH=after-store` after both halves and
 //! before the reply. Test-only; inert when the variable is not set.
 
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use redis::Value;
 use redis::streams::StreamRangeReply;
-use redis_store::scripts::{self, Half};
-use redis_store::{Redis, StoreError, sessions, text};
+use redis_store::scripts::{self, DmsStored, InboxBounds, OpStored, StoreDms};
+use redis_store::{Redis, RedisMode, StoreError, text};
 use shared::keys;
 use shared::link::{DirectMsg, RoomMsg};
 
@@ -114,11 +118,83 @@ pub struct Store {
     crash: Option<Crash>,
 }
 
-/// One half's answer.
-struct HalfStored {
-    seq: u64,
-    fresh: bool,
-    servers: Vec<String>,
+/// One write's answer, before it is joined to its message.
+enum Answer {
+    Direct {
+        seq_to: u64,
+        seq_from: u64,
+        to_fresh: bool,
+        from_fresh: bool,
+        to_servers: Vec<String>,
+        from_servers: Vec<String>,
+    },
+    Room,
+}
+
+/// Where one write's answer is in a batch's replies.
+enum Place {
+    /// A direct message: the op `(call, op)` of its recipient's half (or of
+    /// the whole message), and of its sender's half when that is an op of
+    /// its own (Redis Cluster).
+    Direct {
+        to: (usize, usize),
+        from: Option<(usize, usize)>,
+    },
+    /// A room append: its index among the batch's room calls.
+    Room(usize),
+    /// Nothing to answer (cannot happen: every write is one of the above).
+    Nothing,
+}
+
+/// The [`StoreDms`] calls of one batch: one in all on one Redis, one per
+/// user in a cluster (all keys of a call in one slot).
+struct Batch<'a> {
+    cluster: bool,
+    bounds: InboxBounds,
+    dms: Vec<StoreDms<'a>>,
+    /// The call of each user (cluster), or of everyone (key "").
+    call_of: HashMap<&'a str, usize>,
+}
+
+impl<'a> Batch<'a> {
+    fn call_for(&mut self, user: &'a str) -> usize {
+        let key = if self.cluster { user } else { "" };
+        if let Some(c) = self.call_of.get(key) {
+            return *c;
+        }
+        self.dms.push(StoreDms::new(self.bounds));
+        self.call_of.insert(key, self.dms.len() - 1);
+        self.dms.len() - 1
+    }
+
+    /// Adds a direct message: one op with both halves on one Redis, a
+    /// half in each user's call in a cluster. `only_recipient` (a test
+    /// hook) stores the recipient's half alone.
+    fn add(
+        &mut self,
+        msg: &'a DirectMsg,
+        record: &'a str,
+        keep: bool,
+        only_recipient: bool,
+    ) -> Place {
+        let to_call = self.call_for(&msg.to);
+        if self.cluster || only_recipient {
+            let to = (
+                to_call,
+                self.dms[to_call].half(&msg.to, &msg.id, record, keep),
+            );
+            let from = (msg.from != msg.to && !only_recipient).then(|| {
+                let c = self.call_for(&msg.from);
+                (c, self.dms[c].half(&msg.from, &msg.id, record, keep))
+            });
+            return Place::Direct { to, from };
+        }
+        let op = self.dms[to_call].message(&msg.to, &msg.from, &msg.id, record, keep);
+        Place::Direct {
+            to: (to_call, op),
+            from: None,
+        }
+    }
 }
 
 impl Store {
@@ -141,13 +217,34 @@ impl Store {
         &self.db.redis
     }
 
-    /// Stores every write and answers one outcome each, in order. Every
-    /// half and room append goes out at once, one pipeline per slot in the
-    /// order given (so each inbox gets its seqs in job order).
+    /// Redis pipelines the router should keep in flight. One Redis (or
+    /// Sentinel's master) is one ordered connection, and a batch is one
+    /// script call there: 2, so that one batch is stored while the previous
+    /// one is routed and the next one gathers (with 1 the router's own work
+    /// between batches caps the rate; more only makes batches smaller: more
+    /// calls and fsyncs per message). A cluster spreads a batch over several
+    /// masters: 4, so one batch's slowest master does not hold up the others.
+    pub fn pipelines_in_flight(&self) -> usize {
+        match self.redis().args().mode {
+            RedisMode::Cluster => 4,
+            RedisMode::Single | RedisMode::Sentinel => 2,
+        }
+    }
+
+    /// Stores every write and answers one outcome each, in order. The
+    /// direct messages go out as [`keys::STORE_DMS`] calls: one for the
+    /// whole batch on one Redis, one per user in a cluster (each user's
+    /// halves in job order, so each inbox gets its seqs in job order);
+    /// room appends beside them, all at once.
     pub async fn store_batch(&self, writes: &[Write<'_>]) -> Vec<Result<Outcome, DbError>> {
         let now = now_ms();
         let max_age_ms = u64::try_from(self.limits.inbox_max_age.as_millis()).unwrap_or(u64::MAX);
-        let cid_ttl = self.limits.cid_ttl.as_secs().max(1);
+        let bounds = InboxBounds {
+            max_len: self.limits.inbox_max_len,
+            max_age_ms,
+            cutoff_ms: now.saturating_sub(max_age_ms),
+            record_ttl_s: self.limits.cid_ttl.as_secs().max(1),
+        };
         // The messages as stored: an id derived from the cid when there is one.
         let msgs: Vec<Option<DirectMsg>> = writes
             .iter()
@@ -166,45 +263,33 @@ impl Store {
             .iter()
             .map(|m| m.as_ref().map(shared::record::encode))
             .collect();
-        let mut calls = Vec::new();
-        // For each write, where its replies sit in `calls`: (to, from) halves
-        // of a direct message, or the room append.
-        let mut at: Vec<(usize, Option<usize>)> = Vec::with_capacity(writes.len());
+        let mut batch = Batch {
+            cluster: self.redis().args().mode == RedisMode::Cluster,
+            bounds,
+            dms: Vec::new(),
+            call_of: HashMap::new(),
+        };
+        let only_recipients = self.crash == Some(Crash::BetweenHalves);
+        // For each write, where its answer will be.
+        let mut at: Vec<Place> = Vec::with_capacity(writes.len());
+        let mut rooms: Vec<scripts::Call> = Vec::new();
         for (i, w) in writes.iter().enumerate() {
             match (w, &msgs[i], &records[i]) {
                 (Write::Direct { cid, .. }, Some(msg), Some(record)) => {
-                    let half = |user: &str| {
-                        scripts::store_half(&Half {
-                            user,
-                            msg_id: &msg.id,
-                            record,
-                            max_len: self.limits.inbox_max_len,
-                            max_age_ms,
-                            cutoff_ms: now.saturating_sub(max_age_ms),
-                            dedup_ttl_s: if cid.is_some() { cid_ttl } else { 0 },
-                        })
-                    };
-                    calls.push(half(&msg.to));
-                    calls.push(scripts::sessions_of(&msg.to));
-                    let to = calls.len() - 2;
-                    let from = if msg.from == msg.to || self.crash == Some(Crash::BetweenHalves) {
-                        None
-                    } else {
-                        calls.push(half(&msg.from));
-                        calls.push(scripts::sessions_of(&msg.from));
-                        Some(calls.len() - 2)
-                    };
-                    at.push((to, from));
+                    at.push(batch.add(msg, record, cid.is_some(), only_recipients));
                 }
                 (Write::Room(msg), _, _) => {
-                    calls.push(self.room_call(msg));
-                    at.push((calls.len() - 1, None));
+                    rooms.push(self.room_call(msg));
+                    at.push(Place::Room(rooms.len() - 1));
                 }
-                _ => at.push((usize::MAX, None)),
+                _ => at.push(Place::Nothing),
             }
         }
+        let dms = batch.dms;
+        let mut calls: Vec<scripts::Call> = dms.iter().map(StoreDms::call).collect();
+        calls.extend(rooms);
         let replies = self.redis().invoke_all(&calls).await;
-        if self.crash == Some(Crash::BetweenHalves)
+        if only_recipients
             && writes
                 .iter()
                 .any(|w| matches!(w, Write::Direct { cid: Some(_), .. }))
@@ -219,43 +304,90 @@ impl Store {
                 None => Err(DbError::Internal("missing store reply")),
             }
         };
-        // A half's reply at `i`, its user's sessions at `i + 1`.
-        let half = |i: usize| -> Result<HalfStored, DbError> {
-            match (reply(i)?, reply(i + 1)?) {
-                (Value::Array(items), sessions) => {
-                    parse_half_reply(items, sessions).map_err(|e| self.db.failed(e))
-                }
-                _ => Err(self.db.failed(StoreError::Shape("half reply"))),
-            }
-        };
-        let mut outcomes: Vec<Result<Outcome, DbError>> = Vec::with_capacity(writes.len());
-        for (i, msg) in msgs.into_iter().enumerate() {
-            let (to_at, from_at) = at[i];
-            let Some(msg) = msg else {
-                outcomes.push(reply(to_at).map(|_| Outcome::Room));
-                continue;
-            };
-            let stored = half(to_at).and_then(|to| {
-                let from = match from_at {
-                    Some(f) => half(f)?,
-                    None => HalfStored {
-                        seq: to.seq,
-                        fresh: to.fresh,
-                        servers: to.servers.clone(),
-                    },
-                };
-                Ok(Stored {
-                    msg,
-                    seq_to: to.seq,
-                    seq_from: from.seq,
-                    to_servers: to.servers,
-                    from_servers: from.servers,
-                    to_fresh: to.fresh,
-                    from_fresh: from.fresh,
+        // Each write's answer, read while the calls (which borrow the
+        // messages) are alive: seqs, freshness and servers.
+        let answers: Vec<Result<Answer, DbError>> = {
+            let stored: Vec<Result<DmsStored<'_>, DbError>> = dms
+                .iter()
+                .enumerate()
+                .map(|(c, call)| {
+                    reply(c).and_then(|v| call.parse(v).map_err(|e| self.db.failed(e)))
                 })
-            });
-            outcomes.push(stored.map(Outcome::Direct));
-        }
+                .collect();
+            let mut servers: HashMap<&str, &[String]> = HashMap::new();
+            for s in stored.iter().flatten() {
+                for (user, held) in &s.servers {
+                    servers.insert(*user, held.as_slice());
+                }
+            }
+            let servers_of = |user: &str| servers.get(user).map(|s| s.to_vec()).unwrap_or_default();
+            let op = |(c, o): (usize, usize)| -> Result<OpStored, DbError> {
+                match stored.get(c) {
+                    Some(Ok(s)) => s
+                        .ops
+                        .get(o)
+                        .copied()
+                        .ok_or(DbError::Internal("missing store op reply")),
+                    Some(Err(e)) => Err(DbError::Store(StoreError::Unavailable(e.to_string()))),
+                    None => Err(DbError::Internal("missing store call")),
+                }
+            };
+            msgs.iter()
+                .zip(&at)
+                .map(|(msg, place)| match (msg, place) {
+                    (Some(msg), Place::Direct { to, from }) => {
+                        let t = op(*to)?;
+                        let (seq_from, from_fresh) = match (from, t.from_seq) {
+                            (Some(f), _) => {
+                                let f = op(*f)?;
+                                (f.to_seq, f.to_fresh)
+                            }
+                            (None, Some(seq)) => (seq, t.from_fresh),
+                            // A note to self, or (test hook) no sender's half.
+                            (None, None) => (t.to_seq, t.to_fresh),
+                        };
+                        Ok(Answer::Direct {
+                            seq_to: t.to_seq,
+                            seq_from,
+                            to_fresh: t.to_fresh,
+                            from_fresh,
+                            to_servers: servers_of(&msg.to),
+                            from_servers: servers_of(&msg.from),
+                        })
+                    }
+                    (None, Place::Room(r)) => reply(dms.len() + r).map(|_| Answer::Room),
+                    _ => Err(DbError::Internal("store batch out of step")),
+                })
+                .collect()
+        };
+        drop(dms);
+        let mut outcomes: Vec<Result<Outcome, DbError>> = msgs
+            .into_iter()
+            .zip(answers)
+            .map(|(msg, answer)| match (msg, answer?) {
+                (
+                    Some(msg),
+                    Answer::Direct {
+                        seq_to,
+                        seq_from,
+                        to_fresh,
+                        from_fresh,
+                        to_servers,
+                        from_servers,
+                    },
+                ) => Ok(Outcome::Direct(Stored {
+                    msg,
+                    seq_to,
+                    seq_from,
+                    to_servers,
+                    from_servers,
+                    to_fresh,
+                    from_fresh,
+                })),
+                (None, Answer::Room) => Ok(Outcome::Room),
+                _ => Err(DbError::Internal("store batch out of step")),
+            })
+            .collect();
         // Acknowledged means replicated when the operator asks: one WAIT per
         // Redis node that took a half of this batch.
         let touched: Vec<String> = outcomes
@@ -448,53 +580,4 @@ fn seq_of(id: &str) -> Result<u64, DbError> {
     keys::parse_inbox_entry_id(id)
         .map(|(_, seq)| seq)
         .ok_or(StoreError::Shape("inbox entry id").into())
-}
-
-/// Reads a [`shared::keys::STORE_HALF`] reply (`{stream-id, dup}`) and the
-/// `HGETALL` of the user's sessions that followed it.
-fn parse_half_reply(reply: &[Value], sessions: &Value) -> Result<HalfStored, StoreError> {
-    let id = reply
-        .first()
-        .and_then(text)
-        .ok_or(StoreError::Shape("half stream id"))?;
-    let (_, seq) = keys::parse_inbox_entry_id(&id).ok_or(StoreError::Shape("half stream id"))?;
-    let dup = reply
-        .get(1)
-        .and_then(redis_store::int)
-        .ok_or(StoreError::Shape("half duplicate flag"))?;
-    let servers = sessions::servers_of(sessions);
-    Ok(HalfStored {
-        seq,
-        fresh: dup == 0,
-        servers,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    #[test]
-    fn a_half_reply_gives_seq_and_servers() {
-        let reply = vec![bulk("1700-3"), Value::Int(0)];
-        let sessions = Value::Array(vec![bulk("s1"), bulk("x:1")]);
-        let h = parse_half_reply(&reply, &sessions).expect("parses");
-        assert_eq!((h.seq, h.fresh), (4, true));
-        assert_eq!(h.servers, vec!["x".to_owned()]);
-        let dup = parse_half_reply(&[bulk("1700-0"), Value::Int(1)], &Value::Array(vec![]))
-            .expect("parses");
-        assert_eq!((dup.seq, dup.fresh), (1, false));
-    }
-
-    #[test]
-    fn malformed_half_replies_are_errors() {
-        let none = Value::Nil;
-        assert!(parse_half_reply(&[], &none).is_err());
-        assert!(parse_half_reply(&[bulk("nodash"), Value::Int(0)], &none).is_err());
-        assert!(parse_half_reply(&[bulk("1-0")], &none).is_err());
-    }
 }

@@ -11,10 +11,12 @@
 //! | `sb:{s:<id>}:links` | hash, TTL | `relay-instance -> "epoch until-ms"`: relays holding a live link to the server |
 //! | `sb:{s:<id>}:sess` | hash | `session-id -> "epoch user"`: the sessions a purge walks |
 //! | `sb:{u:<user>}:sess` | hash | `session-id -> server-id:epoch`, every live device |
+//! | `sb:{u:<user>}:where` | string | the hash's values joined by spaces (absent with no session), read by the store's `MGET` |
 //! | `sb:{u:<user>}:ep` | string | the inbox epoch (unix ms of the inbox's start) |
 //! | `sb:{u:<user>}:inbox` | stream, TTL | one field `m` per message ([`crate::record`]), id `<epoch>-<seq - 1>` |
+//! | `sb:{u:<user>}:kept` | string, TTL | present while the inbox's and epoch's TTLs are fresh (refreshed only when it is gone) |
 //! | `sb:{u:<user>}:cur:<device>` | string, TTL | the device's ACK cursor |
-//! | `sb:{u:<user>}:dm:<msg-id>` | string, TTL | this inbox's id of a message sent with a `cid` (idempotent half) |
+//! | `sb:{u:<user>}:dm:<msg-id>` | string, TTL | the ids a message sent with a `cid` got: `<to-id> <from-id>` under the recipient when both halves were stored in one call, `<id>` under each user when stored as halves (Redis Cluster) |
 //! | `sb:{r:<room>}:hist` | stream | bounded room history |
 //!
 //! The inbox's sequence numbers need no counter key: `XADD <epoch>-*` makes
@@ -52,6 +54,14 @@ pub fn user_sessions(user: &str) -> String {
     format!("sb:{{u:{user}}}:sess")
 }
 
+/// Where one user's sessions are: their `server:epoch` locations joined by
+/// spaces, written with every change of [`user_sessions`] (by
+/// [`SESSION_ADD`] and [`SESSION_DEL`]) so that storing a message reads it
+/// with the same `MGET` as the inbox epoch.
+pub fn user_servers(user: &str) -> String {
+    format!("sb:{{u:{user}}}:where")
+}
+
 /// Inbox epoch of one user.
 pub fn epoch(user: &str) -> String {
     format!("sb:{{u:{user}}}:ep")
@@ -73,6 +83,12 @@ pub fn stored_half(user: &str, msg_id: &str) -> String {
     format!("sb:{{u:{user}}}:dm:{msg_id}")
 }
 
+/// Present while one user's inbox TTLs are fresh: the store refreshes
+/// them only when this key is gone (`SET PX` a tenth of the max age).
+pub fn kept(user: &str) -> String {
+    format!("sb:{{u:{user}}}:kept")
+}
+
 /// History stream of one room.
 pub fn room(room: &str) -> String {
     format!("sb:{{r:{room}}}:hist")
@@ -91,13 +107,13 @@ pub fn parse_inbox_entry_id(id: &str) -> Option<(&str, u64)> {
 }
 
 /// Adds a session of one user, unless the user already holds the most
-/// sessions allowed. `KEYS = [user-sessions]`,
+/// sessions allowed. `KEYS = [user-sessions, user-servers]`,
 /// `ARGV = [session, "server:epoch", max (0: no limit)]`; returns 1, or 0
 /// when refused.
 pub const SESSION_ADD: &str = include_str!("lua/session_add.lua");
 
 /// Removes a session of one user if it is still the one this server/epoch
-/// wrote (compare-and-delete): `KEYS = [user-sessions]`,
+/// wrote (compare-and-delete): `KEYS = [user-sessions, user-servers]`,
 /// `ARGV = [session, "server:epoch"]`; returns 1 if removed.
 pub const SESSION_DEL: &str = include_str!("lua/session_del.lua");
 
@@ -109,9 +125,11 @@ pub const REGISTER: &str = include_str!("lua/register.lua");
 /// (compare-and-delete): `KEYS = [srv]`, `ARGV = [epoch]`; returns 1 if deleted.
 pub const UNREGISTER: &str = include_str!("lua/unregister.lua");
 
-/// Appends one half of a direct message to one user's inbox, idempotent
-/// by message id when asked; see the script's header.
-pub const STORE_HALF: &str = include_str!("lua/store_half.lua");
+/// Stores a batch of direct messages (whole messages on one Redis, one
+/// user's halves per call in a cluster), idempotent by message id when
+/// asked, and reads the sessions of every user it touched; see the
+/// script's header.
+pub const STORE_DMS: &str = include_str!("lua/store_dms.lua");
 
 /// Advances a device cursor, never backwards: `KEYS = [cursor]`, `ARGV = [seq, ttl-s]`.
 pub const ACK: &str = include_str!("lua/ack.lua");
@@ -132,10 +150,12 @@ mod tests {
     fn every_key_of_a_user_shares_one_tag() {
         let keys = [
             user_sessions("alice"),
+            user_servers("alice"),
             epoch("alice"),
             inbox("alice"),
             cursor("alice", "phone"),
             stored_half("alice", "m-1"),
+            kept("alice"),
         ];
         assert!(keys.iter().all(|k| tag(k) == "u:alice"), "{keys:?}");
         assert!(keys.iter().all(|k| k.starts_with(PREFIX)));

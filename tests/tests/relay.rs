@@ -154,6 +154,7 @@ fn add_session(redis: &RedisServer, user: &str, session: u64, server: &str, epoc
         .expect("HSET");
     let _: i64 = redis::Script::new(keys::SESSION_ADD)
         .key(keys::user_sessions(user))
+        .key(keys::user_servers(user))
         .arg(SessionId(session).to_string())
         .arg(session_location(server, epoch))
         .arg(0)
