@@ -12,7 +12,8 @@
 //! delivered (lost: must be 0) and delivered more than once (duplicated).
 //!
 //! Settings (environment): `SB_SOAK_SECS` (1200), `SB_SOAK_RATE` messages
-//! per second (7500: half the highest durable rate in BENCHMARKS.md),
+//! per second (7500: more than half the highest durable rate in
+//! BENCHMARKS.md, 10,000/s),
 //! `SB_SOAK_KILL_EVERY` seconds (180), `SB_SOAK_USERS` (100),
 //! `SB_SOAK_OUT` directory (`.run/soak`).
 
