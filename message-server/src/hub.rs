@@ -19,24 +19,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::metrics::Metrics;
+pub use crate::outbox::Out;
 use crate::outbox::Outbox;
 use shared::client::Event;
 use shared::ids::SessionId;
-
-/// What is queued for one session's writer.
-#[derive(Debug)]
-pub enum Out {
-    /// A push, rendered by the session in its own encoding.
-    Event(Arc<Event>),
-    /// An answer already rendered for this session (e.g. `OK SENT`, which
-    /// comes back from the store pipeline). Boxed so that an `Out` is two
-    /// words: every session's queue holds room for 32 of them from the start.
-    Reply(Box<String>),
-    /// `OK SENT`, already rendered, with the seq the message took in the
-    /// sender's own inbox (which is not pushed back to this session: it
-    /// must not look like a gap).
-    Sent(Box<(String, u64)>),
-}
 
 /// A handle on one local session: its id and its outbox (one allocation).
 #[derive(Debug, Clone)]

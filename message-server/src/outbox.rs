@@ -16,10 +16,25 @@
 //! wake-ups collapse into one.
 
 use std::collections::VecDeque;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
-use crate::hub::Out;
+use shared::client::Event;
+
+/// What is queued for one session's writer.
+#[derive(Debug)]
+pub enum Out {
+    /// A push, rendered by the session in its own encoding.
+    Event(Arc<Event>),
+    /// An answer already rendered for this session (e.g. `OK SENT`, which
+    /// comes back from the store pipeline). Boxed so that an `Out` is two
+    /// words, which keeps a queue of them small.
+    Reply(Box<String>),
+    /// `OK SENT`, already rendered, with the seq the message took in the
+    /// sender's own inbox (which is not pushed back to this session: it
+    /// must not look like a gap).
+    Sent(Box<(String, u64)>),
+}
 
 /// A queue that grew past this many items is given back once it empties.
 const KEEP_CAPACITY: usize = 8;

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 use redis::{Cmd, Script, Value};
 use shared::keys;
 
-use crate::{StoreError, int, sessions, text};
+use crate::{StoreError, int, text};
 
 /// One script call: its `EVALSHA` and the script to load on `NOSCRIPT`.
 #[derive(Clone)]
@@ -331,14 +331,7 @@ impl<'s> StoreDms<'s> {
             .users
             .iter()
             .zip(sessions)
-            .map(|(u, v)| {
-                (
-                    *u,
-                    text(v)
-                        .map(|l| sessions::servers_in(&l))
-                        .unwrap_or_default(),
-                )
-            })
+            .map(|(u, v)| (*u, text(v).map(|l| servers_in(&l)).unwrap_or_default()))
             .collect();
         Ok(DmsStored { ops, servers })
     }
@@ -375,6 +368,21 @@ pub fn ack(user: &str, device: &str, seq: u64, ttl_s: u64) -> Call {
     Call::new(&ACK, &[keys::cursor(user, device)])
         .arg(seq)
         .arg(ttl_s.max(1))
+}
+
+/// The distinct servers in a user's server list ([`keys::user_servers`]:
+/// `server:epoch` locations joined by spaces); locations that do not parse
+/// are skipped.
+pub fn servers_in(list: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for loc in list.split(' ') {
+        if let Some((server, _)) = shared::ids::parse_location(loc)
+            && !out.iter().any(|s| s == server)
+        {
+            out.push(server.to_owned());
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -506,5 +514,14 @@ mod tests {
             dms.parse(&Value::Array(vec![ok_op, sess(), sess()]))
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn servers_are_read_from_server_lists() {
+        assert_eq!(
+            servers_in("a:1 b:7 a:1 garbage a:2"),
+            vec!["a".to_owned(), "b".to_owned()]
+        );
+        assert!(servers_in("").is_empty());
     }
 }

@@ -154,21 +154,6 @@ pub fn servers_of(v: &Value) -> Vec<String> {
     out
 }
 
-/// The distinct servers in a user's server list ([`keys::user_servers`]:
-/// `server:epoch` locations joined by spaces); locations that do not parse
-/// are skipped.
-pub fn servers_in(list: &str) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for loc in list.split(' ') {
-        if let Some((server, _)) = shared::ids::parse_location(loc)
-            && !out.iter().any(|s| s == server)
-        {
-            out.push(server.to_owned());
-        }
-    }
-    out
-}
-
 /// A server's session index: `session -> (epoch, user)`; entries that do
 /// not parse are returned as `None` (the purge drops them).
 pub(crate) async fn index(
@@ -211,14 +196,5 @@ mod tests {
         ]);
         assert_eq!(servers_of(&v), vec!["a".to_owned(), "b".to_owned()]);
         assert!(servers_of(&Value::Nil).is_empty());
-    }
-
-    #[test]
-    fn servers_are_read_from_server_lists() {
-        assert_eq!(
-            servers_in("a:1 b:7 a:1 garbage a:2"),
-            vec!["a".to_owned(), "b".to_owned()]
-        );
-        assert!(servers_in("").is_empty());
     }
 }
