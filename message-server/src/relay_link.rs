@@ -172,29 +172,21 @@ impl Links {
     }
 
     /// A frame found `slot`'s queue full: count it and record whose push
-    /// was lost. If the writer emptied the queue between our `try_send` and
-    /// the record, it may have looked at the book before we wrote in it, so
-    /// the catch-ups go out from here.
+    /// was lost (see [`MissedCell::dropped`]).
     fn dropped_full(&self, slot: &Slot, tx: &mpsc::Sender<Frame>, frame: &Frame) {
         self.metrics.dropped_link_full.inc();
-        if let Some(to) = frame.to_server()
-            && slot.missed.record(to, frame)
-            && drained(tx)
-        {
-            for catch_up in slot.missed.take() {
-                match tx.try_send(catch_up) {
-                    Ok(()) => {
-                        self.metrics.catch_ups_sent.inc();
-                    }
-                    Err(
-                        mpsc::error::TrySendError::Full(f) | mpsc::error::TrySendError::Closed(f),
-                    ) => {
-                        if let Some(to) = f.to_server() {
-                            slot.missed.record(to, &f);
-                        }
-                    }
-                }
-            }
+        if let Some(to) = frame.to_server() {
+            let sent = slot.missed.dropped(
+                to,
+                frame,
+                || drained(tx),
+                |f| {
+                    tx.try_send(f)
+                        .err()
+                        .map(mpsc::error::TrySendError::into_inner)
+                },
+            );
+            self.metrics.catch_ups_sent.inc_by(sent);
         }
     }
 
@@ -519,11 +511,7 @@ where
             };
             if let Err(e) = written.await {
                 // The link is broken: the next one sends them.
-                for frame in &frames {
-                    if let Some(to) = frame.to_server() {
-                        missed.record(to, frame);
-                    }
-                }
+                missed.put_back(frames);
                 return Err(e);
             }
             liveness().flushed();

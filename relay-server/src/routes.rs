@@ -127,21 +127,14 @@ fn send(server: &str, route: &Route, frame: Frame, outcome: &mut Outcome) {
 }
 
 /// `frame` found the queue to `server` full: write down whose push was
-/// lost. If the link's writer emptied the queue between our `try_send` and
-/// the record, it may have looked at the book before we wrote in it, so the
-/// catch-ups go out from here.
+/// lost (see [`shared::link::missed::MissedCell::dropped`]).
 fn dropped(server: &str, route: &Route, frame: &Frame, outcome: &mut Outcome) {
-    if !(route.missed.record(server, frame) && drained(&route.tx)) {
-        return;
-    }
-    for catch_up in route.missed.take() {
-        match route.tx.try_send(catch_up) {
-            Ok(()) => outcome.catch_ups_sent += 1,
-            Err(TrySendError::Full(f) | TrySendError::Closed(f)) => {
-                route.missed.record(server, &f);
-            }
-        }
-    }
+    outcome.catch_ups_sent += route.missed.dropped(
+        server,
+        frame,
+        || drained(&route.tx),
+        |f| route.tx.try_send(f).err().map(TrySendError::into_inner),
+    );
 }
 
 impl Routes {
@@ -386,7 +379,7 @@ mod tests {
     }
 
     #[test]
-    fn forward_all_reaches_every_server_but_the_origin() {
+    fn forward_all_reaches_every_server_but_the_origin_whatever_its_rooms() {
         let routes = Routes::new();
         let (a, mut ra) = route(&routes, 1, 8);
         let (b, mut rb) = route(&routes, 1, 8);
@@ -394,25 +387,14 @@ mod tests {
         routes.insert("a", a);
         routes.insert("b", b);
         routes.insert("c", c);
-        let f = Frame::CatchUp {
+        let catch_up = Frame::CatchUp {
             to_server: "*".into(),
             users: vec![],
         };
-        assert_eq!(routes.forward_all("a", &f).forwarded, 2);
-        assert!(ra.try_recv().is_err());
-        assert_eq!(rb.try_recv().ok(), Some(f.clone()));
-        assert_eq!(rc.try_recv().ok(), Some(f));
-    }
-
-    #[test]
-    fn presence_reaches_every_other_server_whatever_its_rooms() {
-        let routes = Routes::new();
-        let (a, mut ra) = route(&routes, 1, 8);
-        let (b, mut rb) = route(&routes, 1, 8);
-        let (c, mut rc) = route(&routes, 1, 8);
-        routes.insert("a", a);
-        routes.insert("b", b);
-        routes.insert("c", c);
+        assert_eq!(routes.forward_all("a", &catch_up).forwarded, 2);
+        assert!(ra.try_recv().is_err(), "the origin gets nothing back");
+        assert_eq!(rb.try_recv().ok(), Some(catch_up.clone()));
+        assert_eq!(rc.try_recv().ok(), Some(catch_up));
         let presence = Frame::Presence { user: "bob".into() };
         assert_eq!(routes.forward_all("b", &presence).forwarded, 2);
         assert_eq!(ra.try_recv().ok(), Some(presence.clone()));

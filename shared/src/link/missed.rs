@@ -181,16 +181,45 @@ impl MissedCell {
         recorded
     }
 
-    /// [`Missed::all`] under the lock.
-    pub fn all(&self, to: &str) {
-        let mut book = self.lock();
-        book.all(to);
-        self.pending.store(true, Ordering::Release);
-    }
-
     /// Whether anything is waiting (a cheap check, no lock).
     pub fn is_pending(&self) -> bool {
         self.pending.load(Ordering::Acquire)
+    }
+
+    /// `frame` was dropped at a full queue on its way to server `to`:
+    /// records whose push was lost, then, if that queue has `drained` again
+    /// by now, sends the catch-ups from here with `try_send` (the queue's
+    /// writer may have looked at the book just before this record, and would
+    /// not look again until the next frame); `try_send` gives back a frame
+    /// the queue refused, which is put back. Returns the catch-ups sent.
+    pub fn dropped(
+        &self,
+        to: &str,
+        frame: &Frame,
+        drained: impl FnOnce() -> bool,
+        mut try_send: impl FnMut(Frame) -> Option<Frame>,
+    ) -> u64 {
+        if !(self.record(to, frame) && drained()) {
+            return 0;
+        }
+        let mut sent = 0;
+        for catch_up in self.take() {
+            match try_send(catch_up) {
+                None => sent += 1,
+                Some(refused) => self.put_back([refused]),
+            }
+        }
+        sent
+    }
+
+    /// Records again catch-ups taken from the book that could not be sent
+    /// (each for its own `to_server`).
+    pub fn put_back(&self, frames: impl IntoIterator<Item = Frame>) {
+        for frame in frames {
+            if let Some(to) = frame.to_server() {
+                self.record(to, &frame);
+            }
+        }
     }
 
     /// [`Missed::take`] under the lock; nothing (and no lock) when empty.
@@ -324,7 +353,7 @@ mod tests {
         assert!(cell.is_pending());
         assert_eq!(cell.take(), vec![catch_up("b", &["bob"])]);
         assert!(!cell.is_pending());
-        cell.all("c");
+        assert!(cell.record("c", &catch_up("c", &[])));
         assert_eq!(cell.take(), vec![catch_up("c", &[])]);
     }
 }
