@@ -92,6 +92,19 @@ pub struct Links {
     metrics: Metrics,
 }
 
+/// `n` copies of `value`, one per frame that carries it: clones for all but
+/// the last, which takes `value` itself.
+pub(crate) fn copies<T: Clone>(value: T, n: usize) -> impl Iterator<Item = T> {
+    let mut value = Some(value);
+    (0..n).filter_map(move |i| {
+        if i + 1 == n {
+            value.take()
+        } else {
+            value.clone()
+        }
+    })
+}
+
 /// Whether a link queue has room again after dropping: at most half full.
 fn drained(tx: &mpsc::Sender<Frame>) -> bool {
     tx.capacity() >= tx.max_capacity() / 2
@@ -145,15 +158,12 @@ impl Links {
             .iter()
             .filter_map(|s| s.tx.load_full().map(|tx| (s, tx)))
             .collect();
-        let mut frame = Some(frame);
+        if live.is_empty() {
+            self.dropped_no_link(&frame);
+            return false;
+        }
         let mut sent = false;
-        for (i, (slot, tx)) in live.iter().enumerate() {
-            let one = if i + 1 == live.len() {
-                frame.take()
-            } else {
-                frame.clone()
-            };
-            let Some(one) = one else { break };
+        for ((slot, tx), one) in live.iter().zip(copies(frame, live.len())) {
             match tx.try_send(one) {
                 Ok(()) => {
                     self.metrics.frames_to_relay.inc();
@@ -162,11 +172,6 @@ impl Links {
                 Err(mpsc::error::TrySendError::Full(f)) => self.dropped_full(slot, tx, &f),
                 Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
-        }
-        if live.is_empty()
-            && let Some(frame) = &frame
-        {
-            self.dropped_no_link(frame);
         }
         sent
     }
@@ -610,6 +615,13 @@ fn handle_inbound(frame: Frame, ctx: &LinkContext) -> Result<Option<Frame>, Link
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_gives_one_value_per_frame() {
+        let v: Vec<String> = copies("m".to_owned(), 3).collect();
+        assert_eq!(v, ["m", "m", "m"]);
+        assert_eq!(copies("m".to_owned(), 0).count(), 0);
+    }
 
     #[test]
     fn a_full_link_queue_drops_and_counts_instead_of_waiting() {

@@ -18,7 +18,7 @@ use super::{Flow, Session};
 use crate::conn::{Close, Conn, code};
 use crate::directory::Directory;
 use crate::hub::{Hub, SessionHandle};
-use crate::relay_link::Links;
+use crate::relay_link::{Links, copies};
 use crate::router::{Job, Origin};
 use crate::state::Login;
 use crate::store::Store;
@@ -314,11 +314,8 @@ async fn tell(out: Fanout<'_>, directory: &Directory, msg: DirectMsg) -> Result<
         .chain(from)
         .map(|(s, user, except)| (String::from(&**s), user.clone(), except))
         .collect();
-    let mut msg = Some(msg);
     let n = targets.len();
-    for (i, (to_server, user, except)) in targets.into_iter().enumerate() {
-        let one = if i + 1 == n { msg.take() } else { msg.clone() };
-        let Some(msg) = one else { break };
+    for ((to_server, user, except), msg) in targets.into_iter().zip(copies(msg, n)) {
         out.links.send(Frame::Tell {
             to_server,
             user,
