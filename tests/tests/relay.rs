@@ -198,7 +198,10 @@ struct Fake {
 
 /// Connects and reads the relay's challenge.
 async fn challenge(addr: SocketAddr) -> (Link, [u8; NONCE_LEN]) {
-    let stream = TcpStream::connect(addr).await.expect("link connect");
+    challenge_on(TcpStream::connect(addr).await.expect("link connect")).await
+}
+
+async fn challenge_on(stream: TcpStream) -> (Link, [u8; NONCE_LEN]) {
     let mut framed = Framed::new(stream, LinkCodec::default());
     match next_frame(&mut framed).await {
         Some(Frame::Challenge { version, nonce }) => {
@@ -225,7 +228,18 @@ async fn hello(
     secret: &[u8],
     version: u16,
 ) -> (Link, Option<Frame>) {
-    let (mut framed, nonce) = challenge(addr).await;
+    let (framed, nonce) = challenge(addr).await;
+    hello_on(framed, nonce, id, epoch, secret, version).await
+}
+
+async fn hello_on(
+    mut framed: Link,
+    nonce: [u8; NONCE_LEN],
+    id: &str,
+    epoch: u64,
+    secret: &[u8],
+    version: u16,
+) -> (Link, Option<Frame>) {
     framed
         .send(Frame::Hello {
             version,
@@ -251,6 +265,22 @@ impl Fake {
 
     async fn link_with(addr: SocketAddr, id: &str, epoch: u64, secret: &[u8]) -> Fake {
         let (framed, answer) = hello(addr, id, epoch, secret, LINK_VERSION).await;
+        Fake::welcomed(framed, answer, id)
+    }
+
+    /// Links as `id` over a socket with a fixed 64 KiB receive buffer (no
+    /// autotuning up to `tcp_rmem`'s tens of MB), so that when this fake
+    /// stops reading the relay's queue to it fills after a few MB.
+    async fn link_small(addr: SocketAddr, id: &str, epoch: u64) -> Fake {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_recv_buffer_size(64 * 1024).expect("SO_RCVBUF");
+        let stream = socket.connect(addr).await.expect("link connect");
+        let (framed, nonce) = challenge_on(stream).await;
+        let (framed, answer) = hello_on(framed, nonce, id, epoch, b"", LINK_VERSION).await;
+        Fake::welcomed(framed, answer, id)
+    }
+
+    fn welcomed(framed: Link, answer: Option<Frame>, id: &str) -> Fake {
         match answer {
             Some(Frame::Welcome { relay_id }) => assert_eq!(relay_id, "relay"),
             other => panic!("expected welcome for {id}, got {other:?}"),
@@ -1067,10 +1097,11 @@ async fn pushes_dropped_at_a_full_queue_are_followed_by_a_catch_up_once_it_drain
     })
     .await;
     let mut a = Fake::link(relay.link, "a", 1).await;
-    let mut b = Fake::link(relay.link, "b", 1).await;
+    let mut b = Fake::link_small(relay.link, "b", 1).await;
 
-    // b reads nothing: the socket buffers fill, then b's queue, then the
-    // relay drops.
+    // b reads nothing: the socket buffers fill (small on b's side, so this
+    // takes a few MB, not the tens that autotuning allows), then b's queue,
+    // then the relay drops.
     let text = "x".repeat(60_000);
     let numbered = |n: usize| match deliver("b", &text) {
         Frame::Deliver {
@@ -1107,8 +1138,17 @@ async fn pushes_dropped_at_a_full_queue_are_followed_by_a_catch_up_once_it_drain
     // ahead of frames still queued: it makes bob's sessions read the inbox
     // to its head, which already holds everything sent).
     let mut order = Vec::new(); // Some(n): deliver m<n>; None: catch-up
+    // Until a second passes without a deliver or catch-up (the relay's
+    // heartbeats, every second, do not count: they would keep it going).
+    let mut quiet = tokio::time::Instant::now() + Duration::from_secs(1);
     loop {
-        let next = tokio::time::timeout(Duration::from_secs(1), b.framed.next()).await;
+        let next = tokio::time::timeout_at(quiet, b.framed.next()).await;
+        if matches!(
+            next,
+            Ok(Some(Ok(Frame::Deliver { .. } | Frame::CatchUp { .. })))
+        ) {
+            quiet = tokio::time::Instant::now() + Duration::from_secs(1);
+        }
         let frame = match next {
             Err(_) => break,
             Ok(Some(Ok(frame))) => frame,
