@@ -1,18 +1,21 @@
 //! The process entry point both binaries share: parse the flags, set up
-//! logging (`RUST_LOG`, default `info`), start the runtime, turn SIGTERM or
+//! logging (`RUST_LOG`, default `info`), start the runtime (`--worker-threads`), turn SIGTERM or
 //! Ctrl-C into one cancelled [`CancellationToken`], run, and turn the result
 //! into an exit code, printing an error with its causes.
 //!
 //! Beside it, the runtime pieces both binaries need exactly one of:
 //! - [`secret`]: the secret-file reader (one rule for every secret file);
 //! - [`accept`]: the accept loop step with backoff that shutdown interrupts;
-//! - [`clock`]: `now_ms`, the wall clock.
+//! - [`clock`]: `now_ms`, the wall clock;
+//! - [`runtime`]: `--worker-threads`, the runtime's shape.
 
 pub mod accept;
 pub mod clock;
+pub mod runtime;
 pub mod secret;
 
 pub use clock::now_ms;
+pub use runtime::{RuntimeArgs, RuntimeConfig};
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -22,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 /// Runs `run(flags, shutdown)` as the process `name` (used in error lines).
 pub fn main<C, E, F, Fut>(name: &str, run: F) -> ExitCode
 where
-    C: clap::Parser,
+    C: clap::Parser + RuntimeConfig,
     E: std::error::Error,
     F: FnOnce(C, CancellationToken) -> Fut,
     Fut: Future<Output = Result<(), E>>,
@@ -34,7 +37,7 @@ where
         )
         .init();
     let config = C::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match config.runtime_args().build() {
         Ok(r) => r,
         Err(e) => return fail(name, &e),
     };

@@ -36,6 +36,10 @@ pub struct Config {
     #[command(flatten)]
     pub redis: redis_store::RedisArgs,
 
+    /// Runtime threads (`--worker-threads`, default 1), as on the other binary.
+    #[command(flatten)]
+    pub runtime: entry::RuntimeArgs,
+
     /// Most client connections at once (WebSocket and TCP together).
     #[arg(long, env = "SB_MAX_CONNECTIONS", default_value_t = 500)]
     pub max_connections: usize,
@@ -186,6 +190,14 @@ pub struct Limits {
     #[arg(long, env = "SB_STORE_INFLIGHT", default_value_t = 1024)]
     pub store_inflight: usize,
 
+    /// Group commit: under load, store calls start at most this often (the
+    /// messages that arrive meanwhile go together in the next one, so Redis
+    /// pays one script call, one AOF write and one fsync for all of them).
+    /// A message that finds the store idle for longer goes at once. 0 sends
+    /// whenever a pipeline is free.
+    #[arg(long, env = "SB_STORE_COMMIT_INTERVAL", default_value = "2ms", value_parser = parse_duration)]
+    pub store_commit_interval: Duration,
+
     /// How long shutdown waits for sessions to close before giving up.
     #[arg(long, env = "SB_SHUTDOWN_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -230,6 +242,12 @@ impl Config {
     }
 }
 
+impl entry::RuntimeConfig for Config {
+    fn runtime_args(&self) -> entry::RuntimeArgs {
+        self.runtime
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -262,6 +280,7 @@ mod tests {
         assert_eq!(c.limits.max_message, 64 * 1024);
         assert_eq!(c.limits.link_dead_after, Duration::from_secs(3));
         assert_eq!(c.limits.presence_max_age, Duration::from_secs(10));
+        assert_eq!(c.limits.store_commit_interval, Duration::from_millis(2));
         // --id is required.
         assert!(parse_without_env(&["message-server"]).is_err());
     }

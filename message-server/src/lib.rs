@@ -277,6 +277,7 @@ impl Bound {
                 links: Arc::clone(&links),
                 metrics: metrics.clone(),
                 max_inflight,
+                commit_interval: limits.store_commit_interval,
             }
             .run(router_rx),
         );

@@ -5,7 +5,10 @@
 //! wait: backpressure reaches the client's socket). The router sends
 //! whatever is queued as one batch to the store ([`Store::store_batch`]:
 //! every write at once, pipelined on the wire, many commands per fsync),
-//! keeps a few batches in flight, and finishes them strictly in the order
+//! starts batches at most every `--store-commit-interval` (group commit:
+//! under load a batch carries every message that arrived meanwhile; an idle
+//! store takes a message at once), keeps a few batches in flight, and
+//! finishes them strictly in the order
 //! they were sent ([`FuturesOrdered`]): since Redis ran them in that order too,
 //! every recipient is pushed its messages in the order their `seq`s were
 //! given. Only after the store does anything get pushed, and only after
@@ -24,12 +27,14 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use shared::client::{ClientError, Encoding, ErrCode, Event, Reply};
 use shared::link::{DirectMsg, Frame, RoomMsg};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::db::DbError;
 use crate::hub::{Hub, Out, SessionHandle};
@@ -77,6 +82,8 @@ pub struct Router {
     pub metrics: Metrics,
     /// Pipelines in flight at once.
     pub max_inflight: usize,
+    /// Least time between the starts of two store calls (group commit).
+    pub commit_interval: Duration,
 }
 
 impl Router {
@@ -85,10 +92,14 @@ impl Router {
     /// Whatever jobs are queued when Redis can take more go out together as
     /// one pipeline (one write, one read, one fsync group); several
     /// pipelines may be in flight, finished in the order they were sent.
+    /// Group commit: a batch starts no sooner than `commit_interval` after
+    /// the previous one, so under load each carries what arrived meanwhile.
     pub async fn run(self, mut jobs: mpsc::Receiver<Job>) {
         let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
         let mut open = true;
+        let mut next_start = Instant::now();
         loop {
+            let due = Instant::now() >= next_start;
             tokio::select! {
                 biased;
                 Some(done) = inflight.next(), if !inflight.is_empty() => {
@@ -96,7 +107,8 @@ impl Router {
                         self.finish(job, result);
                     }
                 }
-                job = jobs.recv(), if open && inflight.len() < self.max_inflight => match job {
+                () = tokio::time::sleep_until(next_start), if !due => {}
+                job = jobs.recv(), if due && open && inflight.len() < self.max_inflight => match job {
                     Some(job) => {
                         let mut batch = vec![job];
                         while batch.len() < MAX_BATCH {
@@ -105,6 +117,7 @@ impl Router {
                                 Err(_) => break,
                             }
                         }
+                        next_start = Instant::now() + self.commit_interval;
                         inflight.push_back(self.start(batch));
                     }
                     None => open = false,

@@ -39,6 +39,10 @@ pub struct Config {
     #[command(flatten)]
     pub redis: redis_store::RedisArgs,
 
+    /// Runtime threads (`--worker-threads`, default 1), as on the other binary.
+    #[command(flatten)]
+    pub runtime: entry::RuntimeArgs,
+
     /// File holding the shared link secret (one trailing newline is ignored).
     /// Without it the relay accepts only servers that have no secret either.
     #[arg(long, env = "SB_LINK_SECRET_FILE")]
@@ -110,6 +114,7 @@ impl Default for Config {
             listen: addr(DEFAULT_LISTEN),
             admin: addr(DEFAULT_ADMIN),
             redis: redis_store::RedisArgs::single(DEFAULT_REDIS),
+            runtime: entry::RuntimeArgs::default(),
             link_secret_file: None,
             relay_id: "relay".to_owned(),
             heartbeat: Duration::from_millis(1000),
@@ -155,6 +160,12 @@ impl Config {
         }
         shared::ids::check_name(&self.relay_id).map_err(|e| format!("--relay-id: {e}"))?;
         Ok(())
+    }
+}
+
+impl entry::RuntimeConfig for Config {
+    fn runtime_args(&self) -> entry::RuntimeArgs {
+        self.runtime
     }
 }
 
