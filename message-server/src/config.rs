@@ -193,8 +193,9 @@ pub struct Limits {
     /// Group commit: under load, store calls start at most this often (the
     /// messages that arrive meanwhile go together in the next one, so Redis
     /// pays one script call, one AOF write and one fsync for all of them).
-    /// A message that finds the store idle for longer goes at once. 0 sends
-    /// whenever a pipeline is free.
+    /// Only a batch of several messages holds the next one back: a message
+    /// that finds the store idle, or a lone sender's next, goes at once. 0
+    /// sends whenever a pipeline is free.
     #[arg(long, env = "SB_STORE_COMMIT_INTERVAL", default_value = "2ms", value_parser = parse_duration)]
     pub store_commit_interval: Duration,
 

@@ -7,7 +7,7 @@
 //! every write at once, pipelined on the wire, many commands per fsync),
 //! starts batches at most every `--store-commit-interval` (group commit:
 //! under load a batch carries every message that arrived meanwhile; an idle
-//! store takes a message at once), keeps a few batches in flight, and
+//! store, or a lone sender, is never held back), keeps a few batches in flight, and
 //! finishes them strictly in the order
 //! they were sent ([`FuturesOrdered`]): since Redis ran them in that order too,
 //! every recipient is pushed its messages in the order their `seq`s were
@@ -93,7 +93,9 @@ impl Router {
     /// one pipeline (one write, one read, one fsync group); several
     /// pipelines may be in flight, finished in the order they were sent.
     /// Group commit: a batch starts no sooner than `commit_interval` after
-    /// the previous one, so under load each carries what arrived meanwhile.
+    /// the previous one when that one carried several jobs, so under load
+    /// each carries what arrived meanwhile; after a batch of one (a lone
+    /// sender waiting for each `OK SENT`) the next goes at once.
     pub async fn run(self, mut jobs: mpsc::Receiver<Job>) {
         let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
         let mut open = true;
@@ -117,7 +119,13 @@ impl Router {
                                 Err(_) => break,
                             }
                         }
-                        next_start = Instant::now() + self.commit_interval;
+                        // Concurrent senders: hold the next batch back so
+                        // it gathers more. A lone sender (a batch of one)
+                        // is never held back.
+                        next_start = Instant::now();
+                        if batch.len() > 1 {
+                            next_start += self.commit_interval;
+                        }
                         inflight.push_back(self.start(batch));
                     }
                     None => open = false,
