@@ -110,6 +110,33 @@ async fn every_device_ends_with_the_same_history() {
     );
 }
 
+/// Group commit (`--store-commit-interval`) holds a batch back only behind
+/// a batch of several messages. With the interval at 60 s, a lone sender
+/// that waits for each `OK SENT` still gets every answer and bob every
+/// message in order: a held-back batch would wait a minute, far past the
+/// test's wait for a line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_commit_never_holds_back_a_lone_sender() {
+    let c = Cluster::start_with(1, |cfg| {
+        cfg.limits.store_commit_interval = Duration::from_secs(60);
+    })
+    .await;
+    let a = c.server("a");
+    let mut alice = TcpClient::login(a.tcp, "alice").await;
+    let mut bob = TcpClient::login(a.tcp, "bob").await;
+    for i in 1..=5 {
+        alice.send(&format!("SEND bob one at a time {i}")).await;
+        alice.expect_prefix("OK SENT ").await;
+    }
+    for i in 1..=5 {
+        let (seq, from, _, text) = parse_msg(&bob.expect_prefix("MSG ").await);
+        assert_eq!(
+            (seq, from.as_str(), text),
+            (i, "alice", format!("one at a time {i}"))
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retried_send_with_the_same_cid_is_stored_once() {
     let c = Cluster::start(2).await;
