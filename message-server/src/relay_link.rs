@@ -432,9 +432,12 @@ async fn linked<S: AsyncRead + AsyncWrite + Unpin>(
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let dead = tokio::time::sleep_until(liveness().deadline());
     tokio::pin!(dead);
+    // Made once, not per frame: each new one registers with the token.
+    let cancelled = shutdown.cancelled();
+    tokio::pin!(cancelled);
     let end = loop {
         tokio::select! {
-            _ = shutdown.cancelled() => break LinkEnd::Shutdown,
+            () = &mut cancelled => break LinkEnd::Shutdown,
             input = stream.next() => match input {
                 Some(Ok(frame)) => {
                     liveness().heard(Instant::now());

@@ -203,11 +203,15 @@ async fn serve(
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let dead = tokio::time::sleep_until(live.deadline());
     tokio::pin!(dead);
+    // Made once, not per frame: each new one registers with its token.
+    let shutdown = ctx.shutdown.cancelled();
+    let replaced = close.cancelled();
+    tokio::pin!(shutdown, replaced);
 
     let end = loop {
         tokio::select! {
-            _ = ctx.shutdown.cancelled() => break End::Shutdown,
-            _ = close.cancelled() => break End::Replaced,
+            () = &mut shutdown => break End::Shutdown,
+            () = &mut replaced => break End::Replaced,
             input = stream.next() => match input {
                 Some(Ok(frame)) => {
                     live.heard(Instant::now());
