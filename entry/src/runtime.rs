@@ -10,18 +10,23 @@
 //! message. Scale out with more servers; give a server more threads when it
 //! terminates many TLS handshakes at once. 0 means one per CPU.
 
+/// The default of `--worker-threads`: one thread (see the module docs).
+pub const DEFAULT_WORKER_THREADS: usize = 1;
+
 /// `--worker-threads`: see the module docs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
 pub struct RuntimeArgs {
     /// Threads that run the server's tasks: 1 (default) runs everything on
     /// one thread, 0 one per CPU.
-    #[arg(long, env = "SB_WORKER_THREADS", default_value_t = 1)]
+    #[arg(long, env = "SB_WORKER_THREADS", default_value_t = DEFAULT_WORKER_THREADS)]
     pub worker_threads: usize,
 }
 
 impl Default for RuntimeArgs {
     fn default() -> Self {
-        RuntimeArgs { worker_threads: 1 }
+        RuntimeArgs {
+            worker_threads: DEFAULT_WORKER_THREADS,
+        }
     }
 }
 
