@@ -155,7 +155,8 @@ pub struct Limits {
     #[arg(long, env = "SB_ROOM_HISTORY", default_value_t = 100)]
     pub room_history: u64,
 
-    /// How long a `cid` is remembered to de-duplicate a retried send.
+    /// How long a `cid` is remembered to de-duplicate a retried send. Each
+    /// remembered cid holds about 200 B of Redis memory.
     #[arg(long, env = "SB_CID_TTL", default_value = "1d", value_parser = parse_duration)]
     pub cid_ttl: Duration,
 
