@@ -115,11 +115,28 @@ impl Hub {
     /// Pushes a direct message to every local session of `user` but `except`.
     /// Returns how many sessions got it.
     pub fn push_user(&self, user: &str, event: &Arc<Event>, except: Option<SessionId>) -> usize {
+        self.push_user_with(user, except, || Arc::clone(event))
+    }
+
+    /// [`Hub::push_user`] with the event made only when a session here is
+    /// to get it: most messages have no other local session to go to (the
+    /// recipient is on another server, the sender has no other device), and
+    /// then no copy of the message is made at all.
+    pub fn push_user_with(
+        &self,
+        user: &str,
+        except: Option<SessionId>,
+        event: impl FnOnce() -> Arc<Event>,
+    ) -> usize {
         let inner = self.lock();
         let Some(list) = inner.users.get(user) else {
             return 0;
         };
-        self.push_all(list.iter().filter(|h| Some(h.id) != except), event)
+        let mut to = list.iter().filter(|h| Some(h.id) != except).peekable();
+        if to.peek().is_none() {
+            return 0;
+        }
+        self.push_all(to, &event())
     }
 
     fn push_all<'a>(
@@ -275,6 +292,28 @@ mod tests {
         assert_eq!(hub.count("alice"), 2);
         hub.remove("alice", SessionId(1), &[]);
         assert_eq!(hub.count("alice"), 1);
+    }
+
+    #[test]
+    fn an_event_is_made_only_when_a_session_here_gets_it() {
+        let hub = Hub::new(Metrics::default());
+        let (a1, r1) = handle(1, 4);
+        hub.add("alice", a1);
+        let made = std::cell::Cell::new(0);
+        let make = || {
+            made.set(made.get() + 1);
+            event()
+        };
+        assert_eq!(hub.push_user_with("bob", None, make), 0, "nobody here");
+        assert_eq!(
+            hub.push_user_with("alice", Some(SessionId(1)), make),
+            0,
+            "only the excepted session here"
+        );
+        assert_eq!(made.get(), 0, "no event made for nobody");
+        assert_eq!(hub.push_user_with("alice", None, make), 1);
+        assert_eq!(made.get(), 1);
+        assert!(r1.try_pop().is_some());
     }
 
     #[test]

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use crate::db::DbError;
 use crate::hub::{Hub, Out, SessionHandle};
 use crate::metrics::Metrics;
-use crate::relay_link::Links;
+use crate::relay_link::{Links, copies};
 use crate::store::{Outcome, Store, Stored, Write};
 
 /// Who asked, and how to answer them.
@@ -239,40 +239,48 @@ impl Router {
         }
         let me = origin.session.id;
         let note_to_self = msg.from == msg.to;
-        // The recipient's devices (for a note to self: every other device).
-        {
-            let to_except = note_to_self.then_some(me);
-            let to_event = Arc::new(Event::Direct {
-                seq: seq_to,
-                msg: msg.clone(),
-            });
-            self.hub.push_user(&msg.to, &to_event, to_except);
-            for server in to_servers.iter().filter(|s| **s != self.server_id) {
-                self.links.send_all(Frame::Deliver {
-                    to_server: server.clone(),
-                    user: msg.to.clone(),
-                    seq: seq_to,
-                    except: to_except,
+        let to_except = note_to_self.then_some(me);
+        // Local sessions first: the recipient's devices (for a note to self:
+        // every other device), then the sender's other devices, with the seq
+        // of the sender's inbox. Each event is made only when a session
+        // here gets it.
+        let direct = |seq| {
+            let msg = &msg;
+            move || {
+                Arc::new(Event::Direct {
+                    seq,
                     msg: msg.clone(),
-                });
+                })
             }
-        }
-        // The sender's other devices get their copy, with its seq in the sender's inbox.
+        };
+        self.hub.push_user_with(&msg.to, to_except, direct(seq_to));
         if !note_to_self {
-            let from_event = Arc::new(Event::Direct {
-                seq: seq_from,
-                msg: msg.clone(),
+            self.hub
+                .push_user_with(&msg.from, Some(me), direct(seq_from));
+        }
+        // Then one frame per other server holding sessions of either; the
+        // message is moved into the last one rather than cloned.
+        let to = to_servers
+            .iter()
+            .filter(|s| **s != self.server_id)
+            .map(|s| (s, &msg.to, seq_to, to_except));
+        let from = from_servers
+            .iter()
+            .filter(|s| !note_to_self && **s != self.server_id)
+            .map(|s| (s, &msg.from, seq_from, Some(me)));
+        let targets: Vec<_> = to
+            .chain(from)
+            .map(|(s, user, seq, except)| (s.clone(), user.clone(), seq, except))
+            .collect();
+        let n = targets.len();
+        for ((to_server, user, seq, except), msg) in targets.into_iter().zip(copies(msg, n)) {
+            self.links.send_all(Frame::Deliver {
+                to_server,
+                user,
+                seq,
+                except,
+                msg,
             });
-            self.hub.push_user(&msg.from, &from_event, Some(me));
-            for server in from_servers.iter().filter(|s| **s != self.server_id) {
-                self.links.send_all(Frame::Deliver {
-                    to_server: server.clone(),
-                    user: msg.from.clone(),
-                    seq: seq_from,
-                    except: Some(me),
-                    msg: msg.clone(),
-                });
-            }
         }
         let line = reply.render(origin.enc, origin.cid.as_deref());
         // Tells the session which seq of its own inbox this send took.

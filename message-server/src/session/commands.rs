@@ -283,12 +283,13 @@ struct Fanout<'a> {
 async fn tell(out: Fanout<'_>, directory: &Directory, msg: DirectMsg) -> Result<(), Reply> {
     let note_to_self = msg.from == msg.to;
     let to_except = note_to_self.then_some(out.me);
-    let event = Arc::new(Event::Tell(msg.clone()));
-    out.hub.push_user(&msg.to, &event, to_except);
+    // Made at most once, and only when a session here gets it.
+    let mut event = None;
+    let mut event = || Arc::clone(event.get_or_insert_with(|| Arc::new(Event::Tell(msg.clone()))));
+    out.hub.push_user_with(&msg.to, to_except, &mut event);
     if !note_to_self {
-        out.hub.push_user(&msg.from, &event, Some(out.me));
+        out.hub.push_user_with(&msg.from, Some(out.me), &mut event);
     }
-    drop(event);
     if out.links.up() == 0 {
         return Ok(());
     }
