@@ -55,7 +55,7 @@ impl Db {
                 Ok(_) => return Ok(Db { redis, metrics }),
                 Err(e) => {
                     let delay = backoff.next_delay(rand::random());
-                    tracing::warn!(error = %e, redis = %args.describe(), retry_in = ?delay, "redis not reachable yet");
+                    tracing::warn!(error = %e, redis = %args.describe(), retry_in = ?delay, "redis not usable yet");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Err(DbError::Shutdown),
                         _ = tokio::time::sleep(delay) => {}

@@ -61,6 +61,12 @@ pub struct RedisArgs {
     /// unavailable` and may retry with the same cid.
     #[arg(long = "redis-replica-timeout", env = "SB_REDIS_REPLICA_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
     pub replica_timeout: Duration,
+
+    /// Use a Redis that may evict keys (a `maxmemory` limit with a
+    /// `maxmemory-policy` other than `noeviction`). Refused without this:
+    /// eviction deletes stored messages without an error.
+    #[arg(long = "redis-allow-eviction", env = "SB_REDIS_ALLOW_EVICTION")]
+    pub allow_eviction: bool,
 }
 
 impl RedisArgs {
@@ -72,6 +78,7 @@ impl RedisArgs {
             master_name: "switchboard".to_owned(),
             replica_acks: 0,
             replica_timeout: Duration::from_secs(1),
+            allow_eviction: false,
         }
     }
 

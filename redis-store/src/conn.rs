@@ -12,11 +12,13 @@
 //!
 //! The connection is made on first use, so a process starts while Redis is
 //! away; a call then fails fast and the caller retries or answers
-//! `ERR unavailable`.
+//! `ERR unavailable`. A Redis that may evict keys is refused the same way
+//! (see [`crate::eviction`]), and checked again at most every
+//! [`EVICTION_RECHECK`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
@@ -34,6 +36,9 @@ use crate::scripts::Call;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest wait for one reply.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// After refusing a Redis that may evict, calls fail at once for this
+/// long before a new connection checks again.
+pub const EVICTION_RECHECK: Duration = Duration::from_secs(5);
 
 /// One connection of either kind; cheap to clone (each clone shares it).
 #[derive(Clone)]
@@ -78,6 +83,8 @@ struct Inner {
     slot: ArcSwapOption<Conn>,
     /// One connection attempt at a time.
     connecting: tokio::sync::Mutex<()>,
+    /// When and why a Redis that may evict was last refused.
+    refused: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 /// The process's Redis: cheap to clone, shared by every task.
@@ -106,6 +113,7 @@ impl Redis {
                 args: args.clone(),
                 slot: ArcSwapOption::empty(),
                 connecting: tokio::sync::Mutex::new(()),
+                refused: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -124,12 +132,66 @@ impl Redis {
         if let Some(c) = self.inner.slot.load_full() {
             return Ok((*c).clone());
         }
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT * 2, self.open_loaded()).await {
+        if let Some(why) = self.recently_refused() {
+            return Err(may_evict(why));
+        }
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT * 2, self.open_checked()).await {
             Ok(conn) => conn?,
             Err(_) => return Err(timed_out("connecting to redis timed out")),
         };
         self.inner.slot.store(Some(Arc::new(conn.clone())));
         Ok(conn)
+    }
+
+    fn refused(&self) -> std::sync::MutexGuard<'_, Option<(Instant, String)>> {
+        // Poisoned only by a panic elsewhere mid-assignment of an Option.
+        self.inner.refused.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why a Redis that may evict was refused, if it was less than
+    /// [`EVICTION_RECHECK`] ago.
+    fn recently_refused(&self) -> Option<String> {
+        self.refused()
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < EVICTION_RECHECK)
+            .map(|(_, why)| why.clone())
+    }
+
+    /// [`Redis::open_loaded`], refused when a node may evict keys (unless
+    /// `--redis-allow-eviction`).
+    async fn open_checked(&self) -> RedisResult<Conn> {
+        let conn = self.open_loaded().await?;
+        let mut c = conn.clone();
+        let reply = match redis::cmd("INFO")
+            .arg("memory")
+            .query_async::<Value>(&mut c)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read INFO memory: not checking whether redis may evict keys");
+                return Ok(conn);
+            }
+        };
+        let (evicting, unread) = crate::eviction::evicting_nodes(&reply);
+        if !unread.is_empty() {
+            tracing::warn!(nodes = ?unread, "no maxmemory_policy in INFO memory: not checking whether these nodes may evict keys");
+        }
+        if evicting.is_empty() {
+            *self.refused() = None;
+            return Ok(conn);
+        }
+        let why = format!(
+            "{}: stored messages would be deleted when it fills up; set maxmemory-policy noeviction (or no maxmemory), or pass --redis-allow-eviction",
+            evicting.join(", ")
+        );
+        if self.inner.args.allow_eviction {
+            tracing::warn!(nodes = %evicting.join(", "), "redis may evict keys (--redis-allow-eviction): stored messages may be lost when it fills up");
+            return Ok(conn);
+        }
+        tracing::error!(reason = %why, "refusing a redis that may evict keys");
+        *self.refused() = Some((Instant::now(), why.clone()));
+        Err(may_evict(why))
     }
 
     /// A new connection with every script loaded up front, so that the
@@ -423,6 +485,10 @@ fn is_noscript(e: &RedisError) -> bool {
 /// The same error again, for each call of a pipeline that failed as a whole.
 fn copy_error(e: &RedisError) -> RedisError {
     RedisError::from(std::io::Error::other(e.to_string()))
+}
+
+fn may_evict(why: String) -> RedisError {
+    RedisError::from((redis::ErrorKind::Client, "redis may evict keys", why))
 }
 
 fn timed_out(what: &'static str) -> RedisError {

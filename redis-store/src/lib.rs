@@ -3,6 +3,7 @@
 //! - [`args`]: the `--redis*` flags, the same on both binaries;
 //! - [`conn`]: the one Redis handle ([`Redis`]) for single, cluster and
 //!   sentinel deployments, and the replica wait;
+//! - [`eviction`]: refusing a Redis that may evict keys;
 //! - [`scripts`]: one typed call per Lua script of [`shared::keys`];
 //! - [`sessions`]: who is connected where;
 //! - [`registry`]: the server registry;
@@ -13,6 +14,7 @@
 
 pub mod args;
 pub mod conn;
+pub mod eviction;
 pub mod purge;
 pub mod registry;
 pub mod scripts;
