@@ -173,7 +173,11 @@ impl Redis {
                 return Ok(conn);
             }
         };
-        let (evicting, unread) = crate::eviction::evicting_nodes(&reply);
+        let single = match self.inner.args.mode {
+            RedisMode::Sentinel => format!("the master named {}", self.inner.args.master_name),
+            _ => self.inner.args.urls.join(","),
+        };
+        let (evicting, unread) = crate::eviction::evicting_nodes(&reply, &single);
         if !unread.is_empty() {
             tracing::warn!(nodes = ?unread, "no maxmemory_policy in INFO memory: not checking whether these nodes may evict keys");
         }

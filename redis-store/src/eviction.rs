@@ -44,9 +44,9 @@ impl Memory {
 
 /// The nodes of an `INFO memory` reply that may evict, each as
 /// `"<node> (maxmemory <bytes>, maxmemory-policy <policy>)"`, and the nodes
-/// whose reply could not be read. A single Redis answers with text, a
-/// cluster with a map from node address to text.
-pub fn evicting_nodes(reply: &Value) -> (Vec<String>, Vec<String>) {
+/// whose reply could not be read. A single Redis answers with text (named
+/// `single` here), a cluster with a map from node address to text.
+pub fn evicting_nodes(reply: &Value, single: &str) -> (Vec<String>, Vec<String>) {
     let mut evicting = Vec::new();
     let mut unread = Vec::new();
     let mut one =
@@ -64,7 +64,7 @@ pub fn evicting_nodes(reply: &Value) -> (Vec<String>, Vec<String>) {
                 one(info_text(node).unwrap_or_else(|| "?".to_owned()), v);
             }
         }
-        v => one("redis".to_owned(), v),
+        v => one(single.to_owned(), v),
     }
     (evicting, unread)
 }
@@ -108,12 +108,16 @@ mod tests {
             (bulk("10.0.0.2:7000"), bulk(INFO)),
             (bulk("10.0.0.3:7000"), Value::Nil),
         ]);
-        let (evicting, unread) = evicting_nodes(&reply);
+        let (evicting, unread) = evicting_nodes(&reply, "redis");
         assert_eq!(
             evicting,
             ["10.0.0.2:7000 (maxmemory 67108864, maxmemory-policy allkeys-lru)"]
         );
         assert_eq!(unread, ["10.0.0.3:7000"]);
-        assert_eq!(evicting_nodes(&bulk(&ok)), (vec![], vec![]));
+        assert_eq!(evicting_nodes(&bulk(&ok), "redis"), (vec![], vec![]));
+        assert_eq!(
+            evicting_nodes(&bulk(INFO), "redis://r:6379/").0,
+            ["redis://r:6379/ (maxmemory 67108864, maxmemory-policy allkeys-lru)"]
+        );
     }
 }

@@ -31,7 +31,10 @@ async fn a_redis_that_may_evict_is_refused_until_it_may_not() {
     let handle = Redis::new(&args).expect("valid flags");
     let why = handle.conn().await.err().expect("refused").to_string();
     assert!(
-        why.contains("maxmemory-policy allkeys-lru") && why.contains("--redis-allow-eviction"),
+        why.contains(&format!(
+            "{} (maxmemory 67108864, maxmemory-policy allkeys-lru)",
+            redis.url()
+        )) && why.contains("--redis-allow-eviction"),
         "the error says what is wrong and what to do: {why}"
     );
 
