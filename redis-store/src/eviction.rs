@@ -50,7 +50,7 @@ pub fn evicting_nodes(reply: &Value, single: &str) -> (Vec<String>, Vec<String>)
     let mut evicting = Vec::new();
     let mut unread = Vec::new();
     let mut one =
-        |node: String, v: &Value| match info_text(v).as_deref().and_then(Memory::from_info) {
+        |node: String, v: &Value| match crate::text(v).as_deref().and_then(Memory::from_info) {
             Some(m) if m.may_evict() => evicting.push(format!(
                 "{node} (maxmemory {}, maxmemory-policy {})",
                 m.max_bytes, m.policy
@@ -61,19 +61,12 @@ pub fn evicting_nodes(reply: &Value, single: &str) -> (Vec<String>, Vec<String>)
     match reply {
         Value::Map(nodes) => {
             for (node, v) in nodes {
-                one(info_text(node).unwrap_or_else(|| "?".to_owned()), v);
+                one(crate::text(node).unwrap_or_else(|| "?".to_owned()), v);
             }
         }
         v => one(single.to_owned(), v),
     }
     (evicting, unread)
-}
-
-fn info_text(v: &Value) -> Option<String> {
-    match v {
-        Value::VerbatimString { text, .. } => Some(text.clone()),
-        v => crate::text(v),
-    }
 }
 
 #[cfg(test)]

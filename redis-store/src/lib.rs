@@ -62,6 +62,7 @@ pub fn text(v: &Value) -> Option<String> {
     match v {
         Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
         Value::SimpleString(s) => Some(s.clone()),
+        Value::VerbatimString { text, .. } => Some(text.clone()),
         Value::Int(n) => Some(n.to_string()),
         _ => None,
     }
@@ -79,5 +80,10 @@ mod tests {
         assert_eq!(int(&bulk("x")), None);
         assert_eq!(int(&Value::Int(-1)), None);
         assert_eq!(text(&bulk("hi")).as_deref(), Some("hi"));
+        let verbatim = Value::VerbatimString {
+            format: redis::VerbatimFormat::Text,
+            text: "hi".to_owned(),
+        };
+        assert_eq!(text(&verbatim).as_deref(), Some("hi"));
     }
 }
