@@ -1,7 +1,8 @@
 //! The process entry point both binaries share: parse the flags, set up
-//! logging (`RUST_LOG`, default `info`), start the runtime (`--worker-threads`), turn SIGTERM or
-//! Ctrl-C into one cancelled [`CancellationToken`], run, and turn the result
-//! into an exit code, printing an error with its causes.
+//! logging (`RUST_LOG`, default `info`), start the runtime
+//! (`--worker-threads`), turn SIGTERM or Ctrl-C into one cancelled
+//! [`CancellationToken`], run, and turn the result into an exit code,
+//! printing an error with its causes.
 //!
 //! Beside it, the runtime pieces both binaries need exactly one of:
 //! - [`secret`]: the secret-file reader (one rule for every secret file);

@@ -185,14 +185,14 @@ impl Redis {
             *self.refused() = None;
             return Ok(conn);
         }
-        let why = format!(
-            "{}: stored messages would be deleted when it fills up; set maxmemory-policy noeviction (or no maxmemory), or pass --redis-allow-eviction",
-            evicting.join(", ")
-        );
+        let nodes = evicting.join(", ");
         if self.inner.args.allow_eviction {
-            tracing::warn!(nodes = %evicting.join(", "), "redis may evict keys (--redis-allow-eviction): stored messages may be lost when it fills up");
+            tracing::warn!(%nodes, "redis may evict keys (--redis-allow-eviction): stored messages may be lost when it fills up");
             return Ok(conn);
         }
+        let why = format!(
+            "{nodes}: stored messages would be deleted when it fills up; set maxmemory-policy noeviction (or no maxmemory), or pass --redis-allow-eviction"
+        );
         tracing::error!(reason = %why, "refusing a redis that may evict keys");
         *self.refused() = Some((Instant::now(), why.clone()));
         Err(may_evict(why))
