@@ -20,6 +20,8 @@
 //! - [`relay_link`]: the links to the relay(s), reconnecting, reading and
 //!   writing side by side; it never makes a sender wait;
 //! - [`auth`]: signed tokens; [`limits`]: rate and per-address limits; [`metrics`]: Prometheus counters;
+//!   [`quiet`]: warnings raised per message or session, at most one per
+//!   place every few seconds;
 //! - [`cli`]: the command-line entry point;
 //! - [`state`]: what every task shares; [`socket`]: socket options;
 //! - [`web`]: the chat page at `/`, the JS client, `GET /servers` for browsers.
@@ -37,6 +39,7 @@ pub mod listen;
 pub mod metrics;
 pub mod outbox;
 pub mod presence;
+pub mod quiet;
 pub mod relay_link;
 pub mod router;
 pub mod session;

@@ -17,6 +17,9 @@ pub struct Metrics {
     pub refused_full: Counter,
     /// Direct messages stored in Redis.
     pub stored: Counter,
+    /// Direct and room messages refused (`ERR unavailable`) because Redis
+    /// failed to store them.
+    pub not_stored: Counter,
     /// Sends answered from the `cid` record (retries stored once).
     pub deduplicated: Counter,
     /// Events pushed to sessions on this server.
@@ -75,6 +78,11 @@ impl Metrics {
             "messages_stored",
             "Direct messages stored",
             self.stored.clone(),
+        );
+        r.register(
+            "messages_not_stored",
+            "Direct and room messages refused because Redis failed to store them",
+            self.not_stored.clone(),
         );
         r.register(
             "messages_deduplicated",

@@ -188,7 +188,8 @@ impl Router {
                 origin.answer(Reply::Published { room, id }, &self.metrics);
             }
             (Job::Publish { origin, .. }, Err(e)) => {
-                tracing::warn!(error = %e, "room message not stored");
+                self.metrics.not_stored.inc();
+                crate::warn_limited!(error = %e, "room message not stored");
                 origin.answer(
                     unavailable("room message not sent: storage is unavailable"),
                     &self.metrics,
@@ -205,7 +206,8 @@ impl Router {
     }
 
     fn not_stored(&self, e: &DbError, origin: &Origin) {
-        tracing::warn!(error = %e, "message not stored");
+        self.metrics.not_stored.inc();
+        crate::warn_limited!(error = %e, "message not stored");
         origin.answer(
             unavailable(
                 "message not stored: storage is unavailable; send it again with the same cid",

@@ -402,7 +402,7 @@ impl Store {
             && let Err(e) = self.redis().wait_replicas(&touched).await
         {
             let e = self.db.failed(e);
-            tracing::warn!(error = %e, "direct messages not replicated in time");
+            crate::warn_limited!(error = %e, "direct messages not replicated in time");
             for o in &mut outcomes {
                 if matches!(o, Ok(Outcome::Direct(_))) {
                     *o = Err(DbError::Store(StoreError::Unavailable(e.to_string())));

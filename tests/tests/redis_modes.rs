@@ -521,7 +521,11 @@ async fn after_a_sentinel_failover_servers_and_relay_find_the_new_master() {
     })
     .await;
     eprintln!("sentinel failover: longest send outage {worst:?}");
-    assert_eq!(setup.master_port().map(|p| p != old_port), Some(true));
+    // The failover itself was checked above (a new master named within
+    // 30 s). Which node is master now is not: on a loaded machine Sentinel
+    // (down-after 1 s) may fail over once more, back to the restarted node,
+    // and the servers must follow that too.
+    assert!(killed_at.is_some(), "the master was killed mid-stream");
     let seqs: Vec<u64> = acked.iter().map(|(_, s)| *s).collect();
     assert_eq!(
         seqs,

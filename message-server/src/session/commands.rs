@@ -169,7 +169,7 @@ impl Session {
                 ));
             }
             Err(e) => {
-                tracing::warn!(session = %self.handle.id, %user, error = %e, "session not recorded; login refused");
+                crate::warn_limited!(session = %self.handle.id, %user, error = %e, "session not recorded; login refused");
                 return Err(ClientError::new(
                     ErrCode::Unavailable,
                     "cannot log in: the directory is unavailable; try again",
@@ -296,7 +296,7 @@ async fn tell(out: Fanout<'_>, directory: &Directory, msg: DirectMsg) -> Result<
     let [to_servers, from_servers] = match directory.servers_of([&msg.to, &msg.from]).await {
         Ok(servers) => servers,
         Err(e) => {
-            tracing::warn!(session = %out.me, to = %msg.to, error = %e, "tell: sessions not looked up");
+            crate::warn_limited!(session = %out.me, to = %msg.to, error = %e, "tell: sessions not looked up");
             return Err(ClientError::new(
                 ErrCode::Unavailable,
                 "tell reached this server's sessions only: the directory is unavailable",
@@ -386,7 +386,7 @@ async fn ack(
     match store.ack(user, device, seq).await {
         Ok(()) => None,
         Err(e) => {
-            tracing::warn!(%session, %user, error = %e, "ack not stored");
+            crate::warn_limited!(%session, %user, error = %e, "ack not stored");
             Some(
                 ClientError::new(
                     ErrCode::Unavailable,
@@ -420,7 +420,7 @@ async fn history<C: Conn>(
             Ok(Reply::History { room, count: n })
         }
         Err(e) => {
-            tracing::warn!(%session, %room, error = %e, "room history not read");
+            crate::warn_limited!(%session, %room, error = %e, "room history not read");
             Ok(ClientError::new(
                 ErrCode::Unavailable,
                 "room history is unavailable right now",
@@ -436,7 +436,7 @@ async fn who(directory: &Directory, session: SessionId, user: String) -> Reply {
         Ok(0) => Reply::Offline { user },
         Ok(n) => Reply::Online { user, sessions: n },
         Err(e) => {
-            tracing::warn!(%session, %user, error = %e, "who failed");
+            crate::warn_limited!(%session, %user, error = %e, "who failed");
             ClientError::new(ErrCode::Unavailable, "presence is unavailable right now").into()
         }
     }

@@ -492,10 +492,10 @@ impl Session {
         match tokio::time::timeout(Duration::from_secs(3), removal).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(session = %self.handle.id, %user, error = %e, "session entry not removed; the server purge will")
+                crate::warn_limited!(session = %self.handle.id, %user, error = %e, "session entry not removed; the server purge will")
             }
             Err(_) => {
-                tracing::warn!(session = %self.handle.id, %user, "session entry removal timed out; the server purge will")
+                crate::warn_limited!(session = %self.handle.id, %user, "session entry removal timed out; the server purge will")
             }
         }
         tracing::debug!("session ended");

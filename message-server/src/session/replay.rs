@@ -75,7 +75,7 @@ impl Session {
                 Err(flow) => flow,
             },
             Err(e) => {
-                tracing::warn!(session = %self.handle.id, %user, error = %e, "cursor not read; skipping login replay");
+                crate::warn_limited!(session = %self.handle.id, %user, error = %e, "cursor not read; skipping login replay");
                 Flow::Continue
             }
         }
@@ -121,7 +121,7 @@ impl Session {
             Ok(Ok(_)) | Ok(Err(Flow::Continue | Flow::Quit(..))) => Ok(()),
             Ok(Err(Flow::Close(c))) => Err(crate::conn::WriteError::new(c.reason)),
             Err(_) => {
-                tracing::warn!(session = %self.handle.id, "catch-up timed out; the next wake-up tries again");
+                crate::warn_limited!(session = %self.handle.id, "catch-up timed out; the next wake-up tries again");
                 self.catch_up_failed = true;
                 Ok(())
             }
@@ -150,7 +150,7 @@ impl Session {
                 Ok(Some(if same { page.epoch } else { "lost".to_owned() }))
             }
             Err(e) => {
-                tracing::warn!(session = %self.handle.id, %user, error = %e, "inbox not read for a catch-up; the next wake-up tries again");
+                crate::warn_limited!(session = %self.handle.id, %user, error = %e, "inbox not read for a catch-up; the next wake-up tries again");
                 self.catch_up_failed = true;
                 Err(Flow::Continue)
             }
@@ -291,11 +291,11 @@ impl Session {
         mode: Mode,
     ) -> Flow {
         if mode == Mode::CatchUp {
-            tracing::warn!(session = %self.handle.id, %user, error = %e, "inbox not read for a catch-up; the next wake-up tries again");
+            crate::warn_limited!(session = %self.handle.id, %user, error = %e, "inbox not read for a catch-up; the next wake-up tries again");
             self.catch_up_failed = true;
             return Flow::Continue;
         }
-        tracing::warn!(session = %self.handle.id, %user, error = %e, "inbox not read");
+        crate::warn_limited!(session = %self.handle.id, %user, error = %e, "inbox not read");
         let err = ClientError::new(
             ErrCode::Unavailable,
             "inbox is unavailable right now; SYNC again",
