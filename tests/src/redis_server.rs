@@ -158,6 +158,13 @@ impl RedisServer {
         cmd.query(&mut conn)
     }
 
+    /// `CONFIG SET name value`; panics when Redis refuses it.
+    pub fn config_set(&self, name: &str, value: &str) {
+        let _: () = self
+            .cmd(redis::cmd("CONFIG").arg("SET").arg(name).arg(value))
+            .expect("CONFIG SET");
+    }
+
     /// `redis://127.0.0.1:<port>/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)

@@ -12,12 +12,6 @@ use switchboard_tests::clients::Seen;
 use switchboard_tests::redis_server::{RedisCluster, RedisServer};
 use switchboard_tests::{LineClient, TcpClient, eventually};
 
-fn config_set(redis: &RedisServer, name: &str, value: &str) {
-    let _: () = redis
-        .cmd(redis::cmd("CONFIG").arg("SET").arg(name).arg(value))
-        .expect("CONFIG SET");
-}
-
 async fn refusal(args: &RedisArgs) -> Option<String> {
     let handle = Redis::new(args).expect("valid flags");
     handle.conn().await.err().map(|e| e.to_string())
@@ -43,16 +37,16 @@ async fn a_redis_that_may_evict_is_refused_until_it_may_not() {
     assert_eq!(refusal(&allowing).await, None, "--redis-allow-eviction");
 
     // The volatile policies take inboxes too: they carry a TTL.
-    config_set(&redis, "maxmemory-policy", "volatile-lru");
+    redis.config_set("maxmemory-policy", "volatile-lru");
     assert!(refusal(&args).await.is_some(), "volatile-lru is refused");
 
     // No limit: Redis never evicts, whatever the policy.
-    config_set(&redis, "maxmemory", "0");
+    redis.config_set("maxmemory", "0");
     assert_eq!(refusal(&args).await, None, "no maxmemory");
 
     // The first handle checks again once EVICTION_RECHECK has passed.
-    config_set(&redis, "maxmemory", "64mb");
-    config_set(&redis, "maxmemory-policy", "noeviction");
+    redis.config_set("maxmemory", "64mb");
+    redis.config_set("maxmemory-policy", "noeviction");
     tokio::time::sleep(EVICTION_RECHECK).await;
     assert!(handle.conn().await.is_ok(), "fixed Redis used again");
 }
@@ -79,7 +73,7 @@ async fn a_server_on_a_redis_that_may_evict_serves_no_one_until_it_is_fixed() {
     );
     assert_eq!(metrics.redis_up.get(), 0, "redis_up says so");
 
-    config_set(&redis, "maxmemory-policy", "noeviction");
+    redis.config_set("maxmemory-policy", "noeviction");
     alice.expect_prefix("OK LOGIN alice ").await;
     let up = eventually(Duration::from_secs(10), || async {
         (metrics.redis_up.get() == 1).then_some(())
@@ -98,8 +92,8 @@ async fn on_a_cluster_one_node_that_may_evict_is_named_and_refused() {
     let args = cluster.args();
     assert_eq!(refusal(&args).await, None, "a cluster that may not evict");
     let node = &cluster.nodes[cluster.masters()[1]];
-    config_set(node, "maxmemory", "64mb");
-    config_set(node, "maxmemory-policy", "allkeys-random");
+    node.config_set("maxmemory", "64mb");
+    node.config_set("maxmemory-policy", "allkeys-random");
     let why = refusal(&args).await.expect("refused");
     assert!(
         why.contains(&format!(

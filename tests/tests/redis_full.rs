@@ -8,12 +8,6 @@ use switchboard_tests::procs::{RelayProc, ServerProc, any_port};
 use switchboard_tests::redis_server::RedisServer;
 use switchboard_tests::{LineClient, TcpClient, http_get, metric};
 
-fn config_set(redis: &RedisServer, name: &str, value: &str) {
-    let _: () = redis
-        .cmd(redis::cmd("CONFIG").arg("SET").arg(name).arg(value))
-        .expect("CONFIG SET");
-}
-
 fn inbox_len(redis: &RedisServer, user: &str) -> u64 {
     redis
         .cmd(redis::cmd("XLEN").arg(format!("sb:{{u:{user}}}:inbox")))
@@ -33,7 +27,7 @@ async fn a_full_redis_answers_every_send_with_an_error_and_logs_it_quietly() {
     assert!(dave.expect_prefix("MSG ").await.ends_with(" before"));
 
     // Full: any write is over the limit (noeviction is Redis's default).
-    config_set(&redis, "maxmemory", "1");
+    redis.config_set("maxmemory", "1");
     let n = 200;
     for i in 0..n {
         carol.send(&format!("SEND dave lost-{i}")).await;
@@ -68,7 +62,7 @@ async fn a_full_redis_answers_every_send_with_an_error_and_logs_it_quietly() {
     assert!(metric(&page, "server_redis_errors_total").is_some_and(|e| e >= 1.0));
 
     // Room again: stored and delivered, and none of the refused ones.
-    config_set(&redis, "maxmemory", "0");
+    redis.config_set("maxmemory", "0");
     carol.send("SEND dave after").await;
     carol.expect_prefix("OK SENT ").await;
     let next = dave.expect_prefix("MSG ").await;
