@@ -11,7 +11,7 @@
 //! [`Snapshot`]s, so a noisy machine shows up as fewer messages per
 //! CPU-second rather than as a silently lower rate.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::str::FromStr;
 
@@ -73,11 +73,18 @@ pub struct Sample {
 
 /// Reads one process; `None` when it is gone or unreadable.
 pub fn sample(pid: u32) -> Option<Sample> {
+    sample_with(pid, &running_children_ticks())
+}
+
+/// Reads one process, with `children` from [`running_children_ticks`] (read
+/// once for every process of a snapshot).
+fn sample_with(pid: u32, children: &HashMap<u32, u64>) -> Option<Sample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let own = parse_cpu_ticks(&stat)?;
+    let running = children.get(&pid).copied().unwrap_or(0);
     Some(Sample {
-        cpu_s: (own + running_children_ticks(pid)) as f64 / USER_HZ,
+        cpu_s: (own + running) as f64 / USER_HZ,
         rss: parse_rss_kib(&status)? * 1024,
         wakeups: parse_wakeups(&status).unwrap_or(0),
     })
@@ -112,24 +119,27 @@ fn parse_parent_and_own_ticks(stat: &str) -> Option<(u32, u64)> {
     Some((ppid, utime + stime))
 }
 
-/// CPU ticks of the children of `pid` still running (not yet in its
-/// `cutime`): a Redis AOF rewrite in progress. A child reaped between the
-/// two reads is missed for this one sample.
-fn running_children_ticks(pid: u32) -> u64 {
+/// CPU ticks of every running process, summed by parent pid: for a
+/// watched process, its children not yet in its `cutime` (a Redis AOF
+/// rewrite in progress). A child reaped between this read and its parent's
+/// is missed for that one sample.
+fn running_children_ticks() -> HashMap<u32, u64> {
+    let mut by_parent = HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
+        return by_parent;
     };
-    dir.filter_map(Result::ok)
+    let stats = dir
+        .filter_map(Result::ok)
         .filter(|e| {
             e.file_name()
                 .to_str()
                 .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
         })
-        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-        .filter_map(|stat| parse_parent_and_own_ticks(&stat))
-        .filter(|&(ppid, _)| ppid == pid)
-        .map(|(_, ticks)| ticks)
-        .sum()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok());
+    for (ppid, ticks) in stats.filter_map(|stat| parse_parent_and_own_ticks(&stat)) {
+        *by_parent.entry(ppid).or_insert(0) += ticks;
+    }
+    by_parent
 }
 
 /// `VmRSS:   1234 kB` from `/proc/PID/status`.
@@ -193,13 +203,14 @@ impl Watch {
 
     /// Reads them all now.
     pub fn snapshot(&self) -> Snapshot {
+        let children = running_children_ticks();
         Snapshot {
             samples: self
                 .procs
                 .iter()
-                .map(|p| (p.name.clone(), sample(p.pid)))
+                .map(|p| (p.name.clone(), sample_with(p.pid, &children)))
                 .collect(),
-            tool: sample(std::process::id()).unwrap_or_default(),
+            tool: sample_with(std::process::id(), &children).unwrap_or_default(),
             machine_busy_s: machine_busy_s().unwrap_or(0.0),
         }
     }
@@ -283,7 +294,7 @@ mod tests {
         let mut seen = 0;
         while seen < 5 && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(20));
-            seen = running_children_ticks(own);
+            seen = running_children_ticks().get(&own).copied().unwrap_or(0);
         }
         child.kill().expect("kill");
         child.wait().expect("reaped");
