@@ -12,6 +12,13 @@ die() {
     exit 1
 }
 
+# server_metric HOST:PORT NAME: the value of one metric on a message
+# server's /metrics, as an integer; nothing when the server does not answer
+# or has no such metric.
+server_metric() {
+    curl -s "http://$1/metrics" | awk -v m="$2" '$1 == m {print int($2)}'
+}
+
 # Runs a command as root: directly when we are root, else through sudo.
 as_root() {
     if [ "$(id -u)" -eq 0 ]; then
