@@ -19,9 +19,9 @@
 //! - [`db`]: the shared Redis connection and scripts;
 //! - [`relay_link`]: the links to the relay(s), reconnecting, reading and
 //!   writing side by side; it never makes a sender wait;
-//! - [`auth`]: signed tokens; [`limits`]: rate and per-address limits; [`metrics`]: Prometheus counters;
-//!   [`quiet`]: warnings raised per message or session, at most one per
-//!   place every few seconds;
+//! - [`auth`]: signed tokens; [`limits`]: rate and per-address limits;
+//!   [`metrics`]: Prometheus counters; [`quiet`]: warnings raised per
+//!   message or session, at most one per place every 10 s;
 //! - [`cli`]: the command-line entry point;
 //! - [`state`]: what every task shares; [`socket`]: socket options;
 //! - [`web`]: the chat page at `/`, the JS client, `GET /servers` for browsers.

@@ -10,8 +10,9 @@
 //! store, or a lone sender, is never held back), keeps a few batches in
 //! flight, and finishes them strictly in the order they were sent
 //! ([`FuturesOrdered`]): since Redis ran them in that order too, every
-//! recipient is pushed its messages in the order their `seq`s were given. Only after the store does anything get pushed, and only after
-//! that does the sender get `OK SENT`.
+//! recipient is pushed its messages in the order their `seq`s were given.
+//! Only after the store does anything get pushed, and only after that does
+//! the sender get `OK SENT`.
 //!
 //! Routing a stored message: every local session of the recipient, every
 //! other local session of the sender, and one `Deliver` frame per other
